@@ -1,0 +1,390 @@
+"""Stage I of SGDFuse: preliminary fusion of thermal and visible luminance.
+
+Layout (strides relative to the input; all feature maps NCHW unless noted)::
+
+    IR  [N,1,H,W] -> shallow conv (1->S, /1) -> conv s2 (S->C, /2) -> MSFEM (/2) -> conv s2 (C->D, /4) -+
+    VIS [N,1,H,W] -> shallow conv (1->S, /1) -> conv s2 (S->C, /2) -> conv s2 (C->D, /4)                |
+                                                     -> windowed Transformer block (/4)  -------------+
+                                                                                                        v
+                                       windowed cross-attention, both directions, merged (/4, D)
+                                                                                                        |
+    decoder: up x2 + concat(IR /2, VIS /2) -> conv (/2) -> up x2 + concat(IR /1, VIS /1 shallow) -> conv
+             -> conv -> sigmoid -> fused luminance [N,1,H,W] in [0, 1]
+
+Why this shape: the paper gives the module types (MSFEM on IR, a Transformer block on VIS, cross-attention),
+not sizes. We keep the network small enough for CPU use at 640x480: the multi-scale convolutions run at
+half resolution, attention runs at quarter resolution inside non-overlapping windows (8x8 tokens = 32x32
+pixels), and full-resolution work is limited to two thin skip embeddings and the last two convolutions that
+restore edges. Any H, W >= 16 works: strided convolutions round up, the attention pads its token grid to
+whole windows (padded keys are masked out) and the decoder upsamples to the exact skip sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MSFEM",
+    "CrossAttentionFusion",
+    "Stage1Config",
+    "StageOneFusion",
+    "TransformerBlock",
+    "WindowAttention",
+    "build_stage1",
+    "default_stage1_weights_path",
+    "load_stage1",
+    "window_partition",
+    "window_unpartition",
+]
+
+MIN_SIZE = 16
+
+
+@dataclass
+class Stage1Config:
+    """Architecture of the Stage I network (everything needed to rebuild it from a checkpoint).
+
+    Attributes:
+        shallow_dim: channels of the full-resolution shallow embeddings (S), one per modality.
+        embed_dim: channels at half resolution (C); input and output width of MSFEM.
+        branch_dim: channels of each MSFEM branch (1x1, 3x3, 5x5, 7x7).
+        attn_dim: token width at quarter resolution (D) for the Transformer and cross-attention.
+        num_heads: attention heads (attn_dim must be divisible by it).
+        window_size: side of the square attention windows, in quarter-resolution tokens.
+        mlp_ratio: hidden width of the Transformer MLPs relative to attn_dim.
+    """
+
+    shallow_dim: int = 8
+    embed_dim: int = 24
+    branch_dim: int = 16
+    attn_dim: int = 32
+    num_heads: int = 4
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Stage1Config.{f.name} must be a positive number, got {value!r}")
+        if self.attn_dim % self.num_heads:
+            raise ValueError(f"attn_dim {self.attn_dim} is not divisible by num_heads {self.num_heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stage1Config:
+        """Rebuild from ``to_dict`` output; unknown keys are an error (they mean a different architecture)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown Stage1Config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# IR branch: Multi-Scale Feature Enhancement Module
+# ----------------------------------------------------------------------------------------------------------
+
+
+class MSFEM(nn.Module):
+    """Multi-Scale Feature Enhancement Module (paper, Stage I IR branch).
+
+    [N,C,H,W] -> [N,C,H,W]. Parallel 1x1 / 3x3 / 5x5 / 7x7 convolutions; the 3/5/7 outputs are concatenated
+    and enhanced by depthwise -> pointwise -> depthwise convolutions, concatenated with the 1x1 branch, passed
+    through the additive channel-attention gate, projected back to C channels and added to the input.
+    """
+
+    def __init__(self, dim: int, branch_dim: int) -> None:
+        super().__init__()
+        b = branch_dim
+        self.conv1 = nn.Conv2d(dim, b, 1)
+        self.conv3 = nn.Conv2d(dim, b, 3, padding=1)
+        self.conv5 = nn.Conv2d(dim, b, 5, padding=2)
+        self.conv7 = nn.Conv2d(dim, b, 7, padding=3)
+        self.enhance = nn.Sequential(
+            nn.Conv2d(3 * b, 3 * b, 3, padding=1, groups=3 * b),  # depthwise
+            nn.Conv2d(3 * b, b, 1),  # pointwise, 3b -> b
+            nn.Conv2d(b, b, 3, padding=1, groups=b),  # depthwise
+        )
+        self.gate = nn.Conv2d(2 * b, 2 * b, 1)
+        self.proj = nn.Conv2d(2 * b, dim, 1)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        shallow = self.conv1(x)
+        multi = torch.cat([self.conv3(x), self.conv5(x), self.conv7(x)], dim=1)
+        feats = torch.cat([self.enhance(self.act(multi)), shallow], dim=1)
+        # Channel attention as the authors' repository implements it (MSFEM.py): a sigmoid of a 1x1
+        # projection that is ADDED to the features, not multiplied with them. We keep that behaviour on
+        # purpose; the learned projection that follows lets the residual branch use any range.
+        feats = feats + torch.sigmoid(self.gate(feats))
+        return x + self.proj(feats)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Windowed attention (VIS Transformer block and cross-attention)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Split a channels-last map into non-overlapping windows, zero-padding bottom/right to whole windows.
+
+    Args:
+        x: [N, H, W, C].
+        window_size: window side ws.
+    Returns:
+        windows [N * nH * nW, ws * ws, C] (batch-major, then row-major windows) and the padded size (Hp, Wp).
+    """
+    n, h, w, c = x.shape
+    ws = window_size
+    pad_h, pad_w = (-h) % ws, (-w) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(n, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c), (hp, wp)
+
+
+def window_unpartition(windows: Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> Tensor:
+    """Inverse of ``window_partition``: [N * nH * nW, ws * ws, C] -> [N, H, W, C], cropping the padding."""
+    hp, wp = padded_hw
+    h, w = hw
+    ws = window_size
+    c = windows.shape[-1]
+    n = windows.shape[0] // ((hp // ws) * (wp // ws))
+    x = windows.view(n, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, c)
+    return x[:, :h, :w, :]
+
+
+def _key_mask(n: int, h: int, w: int, window_size: int, device: torch.device) -> Tensor | None:
+    """Boolean attention mask [N * nWin, 1, 1, ws*ws] that is False on padded keys; None when nothing is padded."""
+    if h % window_size == 0 and w % window_size == 0:
+        return None
+    valid = torch.ones(1, h, w, 1, device=device)
+    windows, _ = window_partition(valid, window_size)  # [nWin, T, 1]
+    mask = windows[..., 0] > 0.5
+    return mask.repeat(n, 1)[:, None, None, :]
+
+
+class WindowAttention(nn.Module):
+    """Multi-head attention inside non-overlapping windows.
+
+    Queries come from ``x``; keys and values from ``context`` (self-attention when ``context`` is None).
+    Both are channels-last [N, H, W, D] on the same grid; output [N, H, W, D]. Any H, W: the grid is padded
+    to whole windows and padded keys are masked out, so results at real positions do not depend on padding.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        n, h, w, d = x.shape
+        context = x if context is None else context
+        if context.shape != x.shape:
+            raise ValueError(f"context shape {tuple(context.shape)} differs from query shape {tuple(x.shape)}")
+        ws = self.window_size
+        qw, padded = window_partition(x, ws)
+        cw, _ = window_partition(context, ws) if context is not x else (qw, padded)
+        b, t, _ = qw.shape
+        heads = self.num_heads
+        q = self.q(qw).view(b, t, heads, d // heads).transpose(1, 2)
+        k, v = self.kv(cw).view(b, t, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+        mask = _key_mask(n, h, w, ws, x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return window_unpartition(out, ws, padded, (h, w))
+
+
+class Mlp(nn.Module):
+    """Token MLP: Linear -> GELU -> Linear, [..., D] -> [..., D]."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer block with windowed multi-head self-attention. [N,H,W,D] -> [N,H,W,D]."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionFusion(nn.Module):
+    """Symmetric windowed cross-attention between IR and VIS tokens, merged into one stream.
+
+    IR tokens query VIS tokens (pick up the visible texture that lines up with thermal structure) and VIS
+    tokens query IR tokens (pick up thermal saliency behind visible structure). Both directions read the same
+    normalised inputs, so neither modality is privileged; a linear layer then merges the two updated streams
+    and an MLP refines the result. Inputs [N,H,W,D] each; output [N,H,W,D].
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_ir = nn.LayerNorm(dim)
+        self.norm_vis = nn.LayerNorm(dim)
+        self.ir_from_vis = WindowAttention(dim, num_heads, window_size)
+        self.vis_from_ir = WindowAttention(dim, num_heads, window_size)
+        self.merge = nn.Linear(2 * dim, dim)
+        self.norm_out = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)))
+
+    def forward(self, ir: Tensor, vis: Tensor) -> Tensor:
+        a, b = self.norm_ir(ir), self.norm_vis(vis)
+        ir = ir + self.ir_from_vis(a, b)
+        vis = vis + self.vis_from_ir(b, a)
+        x = self.merge(torch.cat([ir, vis], dim=-1))
+        return x + self.mlp(self.norm_out(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Full network
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GELU())
+
+
+def _nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def _nchw(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def _up_to(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class StageOneFusion(nn.Module):
+    """Stage I fusion network: (IR, VIS luminance) -> fused luminance Y_f.
+
+    forward(ir [N,1,H,W] in [0,1], vis_y [N,1,H,W] in [0,1]) -> [N,1,H,W] in [0,1]; any H, W >= 16.
+    """
+
+    def __init__(self, config: Stage1Config | None = None) -> None:
+        super().__init__()
+        cfg = config or Stage1Config()
+        self.config = cfg
+        s, c, d = cfg.shallow_dim, cfg.embed_dim, cfg.attn_dim
+        # IR branch
+        self.ir_shallow = _conv(1, s)
+        self.ir_embed = _conv(s, c, stride=2)
+        self.msfem = MSFEM(c, cfg.branch_dim)
+        self.ir_tokens = nn.Conv2d(c, d, 3, stride=2, padding=1)
+        # VIS branch
+        self.vis_shallow = _conv(1, s)
+        self.vis_embed = _conv(s, c, stride=2)
+        self.vis_tokens = nn.Conv2d(c, d, 3, stride=2, padding=1)
+        self.vis_transformer = TransformerBlock(d, cfg.num_heads, cfg.window_size, cfg.mlp_ratio)
+        # Fusion and decoder
+        self.cross = CrossAttentionFusion(d, cfg.num_heads, cfg.window_size, cfg.mlp_ratio)
+        self.dec_half = _conv(d + 2 * c, c)
+        self.dec_half_out = nn.Conv2d(c, s, 1)  # thin before upsampling: full-resolution work is costly
+        self.dec_full = _conv(3 * s, 2 * s)
+        self.head = nn.Conv2d(2 * s, 1, 3, padding=1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.groups > 1:  # depthwise: fan_out counts one input channel, keep the scale moderate
+                    m.weight.data.mul_(1.0 / math.sqrt(m.kernel_size[0] * m.kernel_size[1]))
+                nn.init.zeros_(m.bias)
+        # Start close to the pixel average (logit 0 -> 0.5 + small residual) rather than at random contrast.
+        nn.init.normal_(self.head.weight, std=1e-3)
+
+    def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
+        if ir.dim() != 4 or ir.shape[1] != 1 or vis_y.shape != ir.shape:
+            raise ValueError(
+                f"expected ir and vis_y of the same shape [N,1,H,W], got {tuple(ir.shape)} and {tuple(vis_y.shape)}"
+            )
+        if min(ir.shape[-2:]) < MIN_SIZE:
+            raise ValueError(f"images must be at least {MIN_SIZE}x{MIN_SIZE}, got {tuple(ir.shape[-2:])}")
+        # Centre the inputs: the network sees values in [-1, 1].
+        ir_in, vis_in = ir * 2.0 - 1.0, vis_y * 2.0 - 1.0
+        ir1 = self.ir_shallow(ir_in)
+        ir2 = self.msfem(self.ir_embed(ir1))
+        vis1 = self.vis_shallow(vis_in)
+        vis2 = self.vis_embed(vis1)
+
+        ir4 = _nhwc(self.ir_tokens(ir2))
+        vis4 = self.vis_transformer(_nhwc(self.vis_tokens(vis2)))
+        fused4 = _nchw(self.cross(ir4, vis4))
+
+        x = self.dec_half(torch.cat([_up_to(fused4, ir2), ir2, vis2], dim=1))
+        x = _up_to(self.dec_half_out(x), ir1)
+        x = self.dec_full(torch.cat([x, ir1, vis1], dim=1))
+        return torch.sigmoid(self.head(x))
+
+
+def build_stage1(config: Stage1Config | None = None) -> StageOneFusion:
+    """Build an untrained Stage I network (default architecture when ``config`` is None)."""
+    return StageOneFusion(config)
+
+
+def default_stage1_weights_path() -> Path:
+    """Path of the Stage I weights shipped with the package (trained on RoadScene only)."""
+    return Path(__file__).resolve().parent.parent / "weights" / "stage1_roadscene.pt"
+
+
+def stage1_checkpoint(model: StageOneFusion) -> dict:
+    """The shipped checkpoint format: {"config": dict, "state_dict": {name: float32 CPU tensor}}."""
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+    return {"config": model.config.to_dict(), "state_dict": state}
+
+
+def load_stage1(path: str | Path, device: str | torch.device = "cpu") -> StageOneFusion:
+    """Load Stage I weights saved as {"config": dict, "state_dict": ...}; returns the model in eval mode.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ValueError: the file is unreadable or does not hold a matching Stage I checkpoint (names the path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Stage I weights not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types (pickle, zip, runtime) for a bad file
+        raise ValueError(f"cannot read Stage I weights {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Stage I checkpoint (expected a dict with 'config' and 'state_dict')")
+    try:
+        model = StageOneFusion(Stage1Config.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} does not match the Stage I network: {exc}") from exc
+    return model.to(device).eval()

@@ -1,0 +1,224 @@
+"""FusionPipeline: one thermal array and one RGB array in, fused image and masks out.
+
+Data flows one way: preprocess (scale thermal, decode RGB, register thermal onto the RGB grid)
+-> semantic prior (M_ir, M_vis) -> Stage I (preliminary fused luminance, recombined with the
+visible chrominance into F1) -> optional refiner (Stage II slot) -> uint8 outputs. Everything
+after preprocessing stays on the configured device; one uint8 copy of each output comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .config import FuseConfig
+from .imaging import ThermalScaler, merge_luma_chroma, register_thermal, rgb_to_float, split_luma_chroma
+from .models.stage1 import default_stage1_weights_path, load_stage1
+from .priors import SemanticPrior, build_prior
+
+__all__ = ["FusionPipeline", "FusionResult", "Refiner", "resolve_device"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class Refiner(Protocol):
+    """Stage II slot: refines F1 guided by the masks (all [N, C, H, W] in [0, 1] on one device)."""
+
+    name: str
+
+    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
+        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W] -> refined RGB [N,3,H,W] in [0, 1]."""
+        ...
+
+
+@dataclass
+class FusionResult:
+    """Outputs of one fused pair; all images on the RGB camera's grid (H, W)."""
+
+    fused: np.ndarray  #: uint8 [H, W, 3] RGB, the final fused image
+    preliminary: np.ndarray  #: uint8 [H, W, 3] RGB, Stage I's F1
+    mask_ir: np.ndarray  #: uint8 [H, W], 0-255 soft mask of salient thermal regions
+    mask_vis: np.ndarray  #: uint8 [H, W], 0-255 soft mask of salient visible regions
+    timings_ms: dict[str, float] = field(default_factory=dict)  #: per-stage wall time, plus "total"
+
+
+def resolve_device(requested: str) -> tuple[torch.device, str]:
+    """The torch device to use for ``requested`` and a note ('' when it is the one requested).
+
+    CUDA requested on a machine without it falls back to the CPU (the node keeps serving and reports it).
+    """
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), f"CUDA requested ('{requested}') but not available: running on the CPU"
+        index = torch.device(requested).index or 0
+        if index >= torch.cuda.device_count():
+            return torch.device("cpu"), (
+                f"'{requested}' requested but only {torch.cuda.device_count()} CUDA device(s): running on the CPU"
+            )
+    return torch.device(requested), ""
+
+
+class FusionPipeline:
+    """Thermal + RGB -> fused RGB and the two masks. Deterministic for the same input (and scaler state).
+
+    Build with :meth:`from_config`; or pass ready modules (tests, training code).
+    """
+
+    def __init__(
+        self,
+        config: FuseConfig,
+        prior: SemanticPrior,
+        stage1: torch.nn.Module,
+        refiner: Refiner | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        self.prior = prior
+        self.stage1 = stage1.eval()
+        self.refiner = refiner
+        self.device = torch.device(device)
+        self.device_note = ""
+        self.thermal_scaler = ThermalScaler(config.thermal)
+
+    @classmethod
+    def from_config(cls, config: FuseConfig) -> FusionPipeline:
+        """Build the prior and load the weights named by ``config`` on its device.
+
+        Raises FileNotFoundError / ValueError naming a missing or unreadable weights or checkpoint path.
+        """
+        config.validate()
+        device, note = resolve_device(config.compute.device)
+        if note:
+            _LOG.warning(note)
+        if device.type == "cpu" and config.compute.torch_threads > 0:
+            torch.set_num_threads(config.compute.torch_threads)
+        weights = config.stage1.weights or str(default_stage1_weights_path())
+        stage1 = load_stage1(weights, device=device)
+        prior = build_prior(
+            config.prior.kind,
+            device=device,
+            sam_checkpoint=config.prior.sam_checkpoint,
+            sam_model_type=config.prior.sam_model_type,
+            points_per_side=config.prior.points_per_side,
+            points_per_batch=config.prior.points_per_batch,
+            pred_iou_thresh=config.prior.pred_iou_thresh,
+            stability_score_thresh=config.prior.stability_score_thresh,
+        )
+        pipeline = cls(config, prior=prior, stage1=stage1, device=device)
+        pipeline.device_note = note
+        return pipeline
+
+    @property
+    def prior_name(self) -> str:
+        return self.prior.name
+
+    def to(self, device: torch.device | str) -> FusionPipeline:
+        """Move the networks (and prior) to ``device``; used to fall back to the CPU after CUDA faults."""
+        device = torch.device(device)
+        self.stage1.to(device)
+        if hasattr(self.prior, "to"):
+            self.prior.to(device)
+        if self.refiner is not None and hasattr(self.refiner, "to"):
+            self.refiner.to(device)
+        self.device = device
+        return self
+
+    def prepare(
+        self, thermal: np.ndarray, rgb: np.ndarray, thermal_encoding: str, rgb_encoding: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw arrays -> (thermal float [H, W], RGB float [H, W, 3]) in [0, 1] on the RGB grid.
+
+        Raises imaging.InvalidImageError naming what is wrong with the input.
+        """
+        visible = rgb_to_float(rgb, rgb_encoding)
+        scaled = self.thermal_scaler.scale(thermal, thermal_encoding)
+        registered = register_thermal(scaled, visible.shape[:2], self.config.registration)
+        return registered, visible
+
+    @torch.inference_mode()
+    def fuse(
+        self,
+        thermal: np.ndarray,
+        rgb: np.ndarray,
+        thermal_encoding: str = "mono8",
+        rgb_encoding: str = "rgb8",
+    ) -> FusionResult:
+        """Fuse one pair.
+
+        Args:
+            thermal: raw thermal [h, w] (uint8 mono8/8UC1, uint16 mono16/16UC1, float32 32FC1).
+            rgb: visible uint8 [H, W, 3|4] or [H, W] per ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8).
+        Returns:
+            FusionResult on the RGB grid [H, W] with timings in milliseconds.
+        Raises:
+            imaging.InvalidImageError for unusable input; torch.cuda.OutOfMemoryError is left to the caller.
+        """
+        timings: dict[str, float] = {}
+        clock = _StageClock(self.device, timings)
+        with clock("preprocess"):
+            ir_np, vis_np = self.prepare(thermal, rgb, thermal_encoding, rgb_encoding)
+            ir = torch.from_numpy(ir_np)[None, None].to(self.device)
+            vis = torch.from_numpy(vis_np).permute(2, 0, 1)[None].contiguous().to(self.device)
+        with clock("prior"):
+            mask_ir, mask_vis = self.prior.masks(ir, vis)
+        with clock("stage1"), self._autocast():
+            vis_y, chroma = split_luma_chroma(vis)
+            fused_y = self.stage1(ir, vis_y).float()
+            preliminary = merge_luma_chroma(fused_y, chroma)
+        fused = preliminary
+        if self.refiner is not None:
+            with clock("stage2"), self._autocast():
+                fused = self.refiner.refine(preliminary, mask_ir, mask_vis).float()
+        with clock("postprocess"):
+            outputs = _to_uint8(fused), _to_uint8(preliminary), _to_uint8(mask_ir), _to_uint8(mask_vis)
+        timings["total"] = sum(timings.values())
+        return FusionResult(
+            fused=outputs[0], preliminary=outputs[1], mask_ir=outputs[2], mask_vis=outputs[3], timings_ms=timings
+        )
+
+    def _autocast(self) -> torch.autocast:
+        precision = self.config.compute.precision
+        enabled = self.device.type == "cuda" and precision != "fp32"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
+
+
+class _StageClock:
+    """Context-manager factory timing named stages (synchronising CUDA so times are real)."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float]) -> None:
+        self.device = device
+        self.timings = timings
+
+    def __call__(self, name: str) -> _Stage:
+        return _Stage(name, self._sync, self.timings)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class _Stage:
+    def __init__(self, name: str, sync: Callable[[], None], timings: dict[str, float]) -> None:
+        self.name, self.sync, self.timings = name, sync, timings
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.timings[self.name] = (time.perf_counter() - self.start) * 1000.0
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[1,C,H,W] in [0,1] -> uint8 [H,W,C] (C=3) or [H,W] (C=1), rounded."""
+    array = (image[0].float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu()
+    if array.shape[0] == 1:
+        return array[0].numpy()
+    return array.permute(1, 2, 0).contiguous().numpy()
