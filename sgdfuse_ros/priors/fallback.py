@@ -62,16 +62,15 @@ class SaliencyParams:
     #: IR: scale of the local background that the local-prominence term subtracts.
     ir_background: float = 0.08
     #: IR: weight of the local-prominence term (0 = global warmth only).
-    ir_local_weight: float = 0.5
+    ir_local_weight: float = 1.0
     #: IR: floor of the robust scale, in [0,1] intensity units (flat frames -> no targets).
     ir_scale_floor: float = 0.03
     #: IR: threshold of the soft mask in robust-std units.
-    ir_threshold: float = 1.5
-    #: VIS: integration scale of the gradient (texture) energy.
-    vis_texture: float = 0.012
-    #: VIS: centre / surround scales of the luminance contrast term.
-    vis_center: float = 0.006
-    vis_surround: float = 0.05
+    ir_threshold: float = 1.75
+    #: VIS: integration scale of the texture energy and local contrast.
+    vis_texture: float = 0.015
+    #: VIS: weight of the local-contrast (local std) term relative to the gradient energy.
+    vis_contrast_weight: float = 0.25
     #: VIS: floor of the robust scale of the log energy (flat frames -> little structure).
     vis_scale_floor: float = 0.25
     #: VIS: threshold of the soft mask in robust-std units.
@@ -84,12 +83,13 @@ class SaliencyParams:
             v = getattr(self, f.name)
             if not math.isfinite(v):
                 raise ValueError(f"SaliencyParams.{f.name} must be finite, got {v!r}")
-        for name in ("ir_smooth", "ir_background", "vis_texture", "vis_center", "vis_surround",
+        for name in ("ir_smooth", "ir_background", "vis_texture",
                      "ir_scale_floor", "vis_scale_floor", "softness"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SaliencyParams.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.ir_local_weight < 0:
-            raise ValueError(f"SaliencyParams.ir_local_weight must be >= 0, got {self.ir_local_weight!r}")
+        for name in ("ir_local_weight", "vis_contrast_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SaliencyParams.{name} must be >= 0, got {getattr(self, name)!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,12 +202,17 @@ def vis_score_map(visible_rgb: Tensor, params: SaliencyParams | None = None) -> 
     """
     p = params or SaliencyParams()
     side = float(max(visible_rgb.shape[-2:]))
+    sigma = p.vis_texture * side
     y = luminance(visible_rgb)
     gx, gy = _sobel(y)
-    energy = gaussian_blur(gx * gx + gy * gy, p.vis_texture * side).clamp_min(0).sqrt()
-    contrast = (gaussian_blur(y, p.vis_center * side) - gaussian_blur(y, p.vis_surround * side)).abs()
+    # Texture: RMS gradient magnitude over the integration window.
+    energy = gaussian_blur(gx * gx + gy * gy, sigma).clamp_min(0).sqrt()
+    # Contrast: local standard deviation over the same window; catches uniform objects (a dark
+    # car body, clothing) that differ from their surroundings but have little inner texture.
+    mean = gaussian_blur(y, sigma)
+    local_std = (gaussian_blur(y * y, sigma) - mean * mean).clamp_min(0).sqrt()
     # eps ~ 1/255: differences below one grey level are noise, whatever the exposure.
-    e = torch.log(energy + contrast + 4e-3)
+    e = torch.log(energy + p.vis_contrast_weight * local_std + 4e-3)
     med, scale = robust_stats(e, p.vis_scale_floor)
     return (e - med) / scale
 
