@@ -21,7 +21,7 @@ import yaml
 
 from .config import ConfigError, FuseConfig, load_config
 
-__all__ = ["find_pairs", "main", "read_thermal", "read_visible"]
+__all__ = ["find_pairs", "main", "parse_overrides", "read_thermal", "read_visible"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -64,7 +64,8 @@ def find_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
     return [(stem, ir[stem], vi[stem]) for stem in sorted(ir.keys() & vi.keys())]
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, object]:
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """["section.key=value", ...] -> {"section.key": value} with YAML typing of the values."""
     overrides: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -75,7 +76,7 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, object]:
 
 
 def _config_from_args(args: argparse.Namespace) -> FuseConfig:
-    overrides = _parse_overrides(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if args.device:
         overrides["compute.device"] = args.device
     return load_config(args.config, overrides)
@@ -102,8 +103,10 @@ def _fuse_command(args: argparse.Namespace) -> int:
         print("give --pairs DIR, or --thermal FILE and --rgb FILE", file=sys.stderr)
         return 2
     pipeline = FusionPipeline.from_config(config)
-    print(f"prior: {pipeline.prior_name}; device: {pipeline.device}" + (f" ({pipeline.device_note})"
-                                                                        if pipeline.device_note else ""))
+    print(
+        f"prior: {pipeline.prior_name}; device: {pipeline.device}"
+        + (f" ({pipeline.device_note})" if pipeline.device_note else "")
+    )
     timings: list[dict[str, float]] = []
     for stem, ir_path, vi_path, out_path in jobs:
         thermal, thermal_encoding = read_thermal(ir_path)

@@ -14,6 +14,8 @@ Conventions
 * Use :func:`to_gray` to turn an 8-bit image (grayscale, or BGR as returned by ``cv2.imread``) into
   that representation exactly as the evaluator does, and :func:`evaluate` for the whole set.
 * Logarithms: EN in bits (log2); MI in nats (natural log, as ``sklearn.metrics.mutual_info_score``).
+* The metric functions carry the published upper-case names (``EN``, ``Qabf``, ...), hence the
+  ``noqa: N802`` markers; ``getattr(metrics, name)`` works for every name in :data:`METRIC_NAMES`.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ __all__ = [
 #: Metric keys of :func:`evaluate`, in the order used in tables.
 METRIC_NAMES: tuple[str, ...] = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
-#: ``data_range`` the evaluator's ``skimage.metrics.structural_similarity`` call ends up using: it is
-#: called on float images without ``data_range``, and scikit-image (< 0.22) then takes the float
-#: dtype range [-1, 1], i.e. 2, even though the images are in [0, 255].
-SSIM_DATA_RANGE: float = 2.0
+#: SSIM ``data_range`` (sets ``C1 = (0.01 L)^2`` and ``C2 = (0.03 L)^2``). 255 reproduces the reference
+#: table (docs/metrics.md). Calling the evaluator's ``ssim(F, A)`` on float images without a
+#: ``data_range`` gives L = 2 with older scikit-image (float dtype range [-1, 1]) and about 30 %
+#: lower sums on MSRS; recent scikit-image refuses that call.
+SSIM_DATA_RANGE: float = 255.0
 
 
 # --------------------------------------------------------------------------------------- input handling
@@ -94,7 +97,9 @@ def _check_one(img: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def _check_three(
-    fused: np.ndarray, ir: np.ndarray, vis: np.ndarray
+    fused: np.ndarray,
+    ir: np.ndarray,
+    vis: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     f = _check_one(fused, "fused")
     a = _check_one(ir, "ir")
@@ -112,7 +117,7 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-np.sum(p * np.log2(p)))
 
 
-def EN(fused: np.ndarray) -> float:
+def EN(fused: np.ndarray) -> float:  # noqa: N802
     """Shannon entropy of the 256-bin grey-level histogram, in bits.
 
     The image is rounded to integer grey levels first (values are clipped to ``[0, 255]``; the
@@ -125,7 +130,7 @@ def EN(fused: np.ndarray) -> float:
     return _entropy_bits(np.bincount(levels, minlength=256))
 
 
-def SD(fused: np.ndarray) -> float:
+def SD(fused: np.ndarray) -> float:  # noqa: N802
     """Standard deviation of the grey levels (population, ``ddof=0``).
 
     Range: ``[0, 127.5]`` for images in ``[0, 255]``; 0 for a constant image.
@@ -133,7 +138,7 @@ def SD(fused: np.ndarray) -> float:
     return float(np.std(_check_one(fused, "fused")))
 
 
-def SF(fused: np.ndarray) -> float:
+def SF(fused: np.ndarray) -> float:  # noqa: N802
     """Spatial frequency ``sqrt(RF^2 + CF^2)``.
 
     ``RF^2`` is the mean squared difference between horizontal neighbours and ``CF^2`` the mean squared
@@ -147,7 +152,7 @@ def SF(fused: np.ndarray) -> float:
     return float(np.sqrt(rf2 + cf2))
 
 
-def AG(fused: np.ndarray) -> float:
+def AG(fused: np.ndarray) -> float:  # noqa: N802
     """Average gradient ``mean(sqrt((Gx^2 + Gy^2) / 2))``.
 
     ``Gx``/``Gy`` are central differences ``(x[i+1] - x[i-1]) / 2`` inside the image and one-sided
@@ -190,7 +195,7 @@ def _mutual_information(x: np.ndarray, y: np.ndarray) -> float:
     return max(float(mi), 0.0)
 
 
-def MI(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+def MI(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: N802
     """Mutual information ``MI(F, A) + MI(F, B)`` in nats.
 
     Each term is ``sklearn.metrics.mutual_info_score`` on the raw pixel values: every distinct value
@@ -213,7 +218,7 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.sum(xd * yd) / np.sqrt(np.sum(xd * xd) * np.sum(yd * yd)))
 
 
-def SCD(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+def SCD(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: N802
     """Sum of the correlations of differences: ``corr(F - B, A) + corr(F - A, B)``.
 
     Range: ``[-2, 2]`` (Pearson correlations). NaN when a term is undefined, i.e. when ``A``, ``B``,
@@ -309,7 +314,7 @@ def viff_single(ref: np.ndarray, dist: np.ndarray) -> float:
     return 1.0 if np.isnan(vifp) else float(vifp)
 
 
-def VIF(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+def VIF(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: N802
     """Visual information fidelity for fusion: ``VIFF(A, F) + VIFF(B, F)`` (see :func:`viff_single`).
 
     This is the evaluator's "VIFF" (a sum of two multi-scale pixel-domain VIF terms), not Han et al.'s
@@ -348,7 +353,12 @@ def _qabf_arrays(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return g, a
 
 
-def _qabf_edge_preservation(a_src: np.ndarray, g_src: np.ndarray, a_f: np.ndarray, g_f: np.ndarray) -> np.ndarray:
+def _qabf_edge_preservation(
+    a_src: np.ndarray,
+    g_src: np.ndarray,
+    a_f: np.ndarray,
+    g_f: np.ndarray,
+) -> np.ndarray:
     tg, kg, dg = 0.9994, -15.0, 0.5
     ta, ka, da = 0.9879, -22.0, 0.8
     ratio = np.zeros_like(g_src)
@@ -366,7 +376,7 @@ def _qabf_edge_preservation(a_src: np.ndarray, g_src: np.ndarray, a_f: np.ndarra
     return q_g * q_a
 
 
-def Qabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:
+def Qabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: N802
     """Gradient-based fusion quality Q^{AB/F} (Xydeas & Petrovic 2000), evaluator variant.
 
     Sobel gradients (zero padding), edge strength and orientation ``arctan(Sy / Sx)`` (``pi/2`` where
@@ -401,9 +411,8 @@ def ssim_single(x: np.ndarray, y: np.ndarray, data_range: float = SSIM_DATA_RANG
     """Mean SSIM as ``skimage.metrics.structural_similarity(x, y)`` with its defaults.
 
     7x7 uniform window, sample covariance (``N / (N - 1)``), ``K1 = 0.01``, ``K2 = 0.03``, mean over the
-    windows that lie fully inside the image (skimage crops 3 pixels on each side). ``data_range``
-    defaults to 2, which is what the evaluator's call on float images gets (see ``SSIM_DATA_RANGE``);
-    pass 255 for the textbook constants.
+    windows that lie fully inside the image (skimage crops 3 pixels on each side), with
+    ``data_range = 255`` by default (see ``SSIM_DATA_RANGE``).
 
     Range: ``[-1, 1]``; 1 iff ``x == y``.
     """
@@ -426,7 +435,12 @@ def ssim_single(x: np.ndarray, y: np.ndarray, data_range: float = SSIM_DATA_RANG
     return float(s.mean())
 
 
-def SSIM(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, data_range: float = SSIM_DATA_RANGE) -> float:
+def SSIM(  # noqa: N802
+    fused: np.ndarray,
+    ir: np.ndarray,
+    vis: np.ndarray,
+    data_range: float = SSIM_DATA_RANGE,
+) -> float:
     """``SSIM(F, A) + SSIM(F, B)`` (see :func:`ssim_single`). Range: ``[-2, 2]``; 2 for ``F = A = B``."""
     f, a, b = _check_three(fused, ir, vis)
     return ssim_single(f, a, data_range) + ssim_single(f, b, data_range)

@@ -88,7 +88,9 @@ class PairSet:
         return len(self.names)
 
 
-def sample_batch(data: PairSet, batch_size: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(
+    data: PairSet, batch_size: int, crop: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crops with random horizontal / vertical flips.
 
     Returns (ir, vis_y), each float32 [batch_size,1,crop,crop] in [0,1]. Images smaller than ``crop`` are

@@ -1,0 +1,27 @@
+"""Command line: ``python -m sgdfuse_ros.training stage1 --data DIR --out RUN [options]``.
+
+One subcommand per training stage; Stage II adds its own parser next to ``add_stage1_parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .stage1 import add_stage1_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sgdfuse_ros.training", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    add_stage1_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""Stage I training: random crops of registered pairs, Adam, intensity + gradient loss, resumable.
+
+Run folder layout (``--out``):
+    last.pt        resumable checkpoint (model, optimizer, step, elapsed time, arguments)
+    losses.csv     one row per step: step,total,intensity,gradient,lr,elapsed_s
+    stage1.pt/.json  final weights in the shipped format and their provenance (unless ``--export`` says where)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..losses import Stage1Loss
+from ..models.stage1 import Stage1Config, build_stage1, stage1_checkpoint
+from .data import HELD_OUT_NAMES, PairSet, sample_batch
+
+__all__ = ["add_stage1_parser", "train_stage1"]
+
+PRIOR_NOTE = "none (Stage I does not use masks)"
+LICENCE_NOTE = (
+    "Trained only on the RoadScene pairs found under the data folder (RoadScene, hanna-xu/RoadScene, "
+    "built from the FLIR ADAS thermal dataset); the held-out bundled pairs were excluded. No LLVIP data "
+    "was used. Check the RoadScene / FLIR ADAS terms before redistributing the weights."
+)
+LOSS_COLUMNS = ["step", "total", "intensity", "gradient", "lr", "elapsed_s"]
+
+
+def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("stage1", help="train the Stage I fusion network (no masks)")
+    p.add_argument("--data", required=True, help="folder with ir/ and vi/ subfolders of registered pairs")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, loss log, final weights)")
+    p.add_argument("--iters", type=int, default=3000, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128, help="square crop side in pixels (>= 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate at the start of the cosine schedule")
+    p.add_argument("--min-lr", type=float, default=5e-5, help="learning rate at the end of the cosine schedule")
+    p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
+    p.add_argument("--intensity-weight", type=float, default=1.0)
+    p.add_argument("--gradient-weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the dev machine is shared)")
+    p.add_argument("--save-every", type=int, default=250, help="write last.pt every N steps")
+    p.add_argument("--log-every", type=int, default=50, help="print running losses every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--export", default=None, help="final weights path (default <out>/stage1.pt); JSON beside it")
+    p.add_argument(
+        "--exclude", nargs="*", default=list(HELD_OUT_NAMES), help="pair names (file stems) left out of training"
+    )
+    p.set_defaults(func=train_stage1)
+    return p
+
+
+def _lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up then cosine decay from ``lr`` to ``min_lr``; ``step`` counts from 1."""
+    if step <= args.warmup:
+        return args.lr * step / max(1, args.warmup)
+    t = (step - args.warmup) / max(1, args.iters - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _command_line() -> str:
+    return shlex.join([Path(sys.executable).name, "-m", "sgdfuse_ros.training", *sys.argv[1:]])
+
+
+def _trim_log(log_path: Path, last_step: int) -> None:
+    """Keep only rows up to ``last_step`` (rows written after the last checkpoint are replayed on resume)."""
+    if not log_path.exists():
+        return
+    with log_path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+    with log_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.iters < 1 or args.batch < 1 or args.crop < 16:
+        raise SystemExit("--iters and --batch must be >= 1 and --crop >= 16")
+    if args.save_every < 1 or args.log_every < 1:
+        raise SystemExit("--save-every and --log-every must be >= 1")
+
+
+def train_stage1(args: argparse.Namespace) -> dict:
+    """Train (or resume) Stage I as described by the parsed ``args``; returns the provenance record."""
+    _validate(args)
+    torch.set_num_threads(max(1, args.threads))
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, log_path = out / "last.pt", out / "losses.csv"
+
+    data = PairSet.load(args.data, exclude=args.exclude)
+    print(f"[stage1] {len(data)} pairs from {args.data} (excluded: {', '.join(args.exclude) or 'none'})", flush=True)
+
+    torch.manual_seed(args.seed)  # model initialisation; batches use their own per-step generators
+    model = build_stage1(Stage1Config()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    criterion = Stage1Loss(args.intensity_weight, args.gradient_weight)
+    step, elapsed, commands = 0, 0.0, [_command_line()]
+
+    if args.resume:
+        if not last_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        ckpt = torch.load(last_path, map_location=device, weights_only=True)
+        if ckpt["config"] != model.config.to_dict():
+            raise SystemExit(f"--resume: {last_path} was written for a different architecture")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed, commands = int(ckpt["step"]), float(ckpt["elapsed_s"]), [*ckpt["commands"], commands[0]]
+        _trim_log(log_path, step)
+        print(f"[stage1] resumed from {last_path} at step {step}", flush=True)
+    elif last_path.exists():
+        raise SystemExit(f"{last_path} exists: pass --resume to continue or choose another --out")
+
+    def save_last() -> None:
+        state = {
+            "step": step,
+            "elapsed_s": elapsed,
+            "commands": commands,
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+        _atomic_save(state, last_path)
+
+    new_log = not log_path.exists() or log_path.stat().st_size == 0
+    recent: list[list[float]] = []
+    model.train()
+    with log_path.open("a", newline="") as log_file:
+        writer = csv.writer(log_file)
+        if new_log:
+            writer.writerow(LOSS_COLUMNS)
+        t0 = time.perf_counter() - elapsed
+        while step < args.iters:
+            step += 1
+            # A generator per step makes every batch a function of (seed, step): resuming replays nothing and
+            # skips nothing, without saving generator state.
+            rng = np.random.default_rng([args.seed, step])
+            ir, vis_y = sample_batch(data, args.batch, args.crop, rng)
+            ir, vis_y = ir.to(device, non_blocking=True), vis_y.to(device, non_blocking=True)
+            lr = _lr_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            fused = model(ir, vis_y)
+            losses = criterion(fused, ir, vis_y)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+            values = [losses.total.item(), losses.intensity.item(), losses.gradient.item()]
+            if not all(math.isfinite(v) for v in values):
+                raise SystemExit(f"non-finite loss at step {step}: {values}")
+            elapsed = time.perf_counter() - t0
+            writer.writerow([step, *(f"{v:.6f}" for v in values), f"{lr:.3e}", f"{elapsed:.1f}"])
+            recent = (recent + [values])[-100:]
+            if step % args.log_every == 0 or step == args.iters:
+                mean = np.mean(recent[-args.log_every :], axis=0)
+                print(
+                    f"[stage1] step {step}/{args.iters} total {mean[0]:.4f} int {mean[1]:.4f} "
+                    f"grad {mean[2]:.4f} lr {lr:.2e} {elapsed:.0f}s",
+                    flush=True,
+                )
+            if step % args.save_every == 0 or step == args.iters:
+                log_file.flush()
+                save_last()
+
+    return _export(model, args, data, step, elapsed, commands, recent, device)
+
+
+def _final_losses(log_path: Path, recent: list[list[float]], window: int = 100) -> dict:
+    """Mean of the last ``window`` logged steps (from the CSV, so a resumed run counts its earlier rows)."""
+    rows = recent
+    if log_path.exists():
+        with log_path.open(newline="") as f:
+            logged = [[float(r["total"]), float(r["intensity"]), float(r["gradient"])] for r in csv.DictReader(f)]
+        rows = logged[-window:] or recent
+    mean = np.mean(rows, axis=0) if rows else [float("nan")] * 3
+    return {"window_steps": len(rows), "total": float(mean[0]), "intensity": float(mean[1]), "gradient": float(mean[2])}
+
+
+def _export(
+    model: torch.nn.Module,
+    args: argparse.Namespace,
+    data: PairSet,
+    step: int,
+    elapsed: float,
+    commands: list[str],
+    recent: list[list[float]],
+    device: torch.device,
+) -> dict:
+    export = Path(args.export) if args.export else Path(args.out) / "stage1.pt"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(stage1_checkpoint(model), export)
+    digest = hashlib.sha256(export.read_bytes()).hexdigest()
+    device_name = str(device)
+    if device.type == "cuda":
+        device_name += f" ({torch.cuda.get_device_name(device)})"
+    else:
+        device_name += f" ({torch.get_num_threads()} threads)"
+    record = {
+        "format": "sgdfuse_ros stage1 checkpoint: {'config': dict, 'state_dict': float32 tensors}",
+        "file": export.name,
+        "sha256": digest,
+        "command": commands[0],
+        "resumed_with": commands[1:],
+        "config": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training": {
+            "iterations": step,
+            "batch": args.batch,
+            "crop": args.crop,
+            "optimizer": "Adam",
+            "lr": args.lr,
+            "min_lr": args.min_lr,
+            "warmup": args.warmup,
+            "schedule": "linear warm-up then cosine decay",
+            "intensity_weight": args.intensity_weight,
+            "gradient_weight": args.gradient_weight,
+            "seed": args.seed,
+            "augmentation": "random square crops, horizontal and vertical flips",
+            "visible_luminance": "BT.601 full-range Y from RGB",
+        },
+        "dataset": {"name": Path(args.data).resolve().name, "root": str(args.data), "pairs": len(data)},
+        "excluded_names": list(args.exclude),
+        "iterations": step,
+        "final_losses": _final_losses(Path(args.out) / "losses.csv", recent),
+        "wall_time_s": round(elapsed, 1),
+        "device": device_name,
+        "torch_version": torch.__version__,
+        "prior": PRIOR_NOTE,
+        "licence": LICENCE_NOTE,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    export.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"[stage1] wrote {export} and {export.with_suffix('.json')}", flush=True)
+    return record
