@@ -28,7 +28,7 @@ __all__ = [
     "ParamSpec",
     "PriorConfig",
     "RegistrationConfig",
-    "Stage1Config",
+    "Stage1Settings",
     "ThermalConfig",
     "load_config",
     "parameter_specs",
@@ -156,7 +156,7 @@ class PriorConfig:
 
 
 @dataclass
-class Stage1Config:
+class Stage1Settings:
     """Stage I preliminary fusion network."""
 
     weights: str = _param("", "Stage I weights file; empty = the weights shipped with the package.")
@@ -230,7 +230,7 @@ class FuseConfig:
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
-    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage1: Stage1Settings = field(default_factory=Stage1Settings)
     compute: DeviceConfig = field(default_factory=DeviceConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 

@@ -191,8 +191,11 @@ def _mutual_information(x: np.ndarray, y: np.ndarray) -> float:
     ix, iy = np.nonzero(joint)
     pxy = joint[ix, iy]
     # sum p_xy * log(p_xy / (p_x p_y)) with counts: log(n * c_xy / (c_x c_y)).
-    mi = np.sum(pxy / n * (np.log(pxy) + math.log(n) - np.log(px[ix]) - np.log(py[iy])))
-    return max(float(mi), 0.0)
+    terms = pxy / n * (np.log(pxy) + math.log(n) - np.log(px[ix]) - np.log(py[iy]))
+    # As scikit-learn: rounding-level terms are zeroed and the sum is clipped at 0 (so that e.g. a
+    # constant image gets exactly 0).
+    terms[np.abs(terms) < np.finfo(np.float64).eps] = 0.0
+    return max(float(np.sum(terms)), 0.0)
 
 
 def MI(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: N802
@@ -383,8 +386,8 @@ def Qabf(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> float:  # noqa: 
     ``Sx = 0``), sigmoid preservation with ``Tg=0.9994, kg=-15, Dg=0.5, Ta=0.9879, ka=-22, Da=0.8``,
     weights ``w = g_A`` and ``g_B`` (exponent L = 1).
 
-    Range: ``[0, ~0.976]``: the sigmoid constants cap every pixel below 1, so even ``F = A = B`` gives
-    about 0.975. NaN when ``A`` and ``B`` are both constant (zero total weight).
+    Range: ``[0, ~0.9753]``: the sigmoid constants cap every pixel at ``Tg * Ta / (1 + exp(-4.4))``, so
+    even ``F = A = B`` gives about 0.975. NaN when ``A`` and ``B`` are both constant (zero total weight).
     """
     f, a, b = _check_three(fused, ir, vis)
     g_a, a_a = _qabf_arrays(a)

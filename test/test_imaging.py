@@ -103,10 +103,10 @@ def test_tracked_scaling_adapts_slowly_and_reproducibly(pair):
     first, second = ThermalScaler(config), ThermalScaler(config)
     outputs = [first.scale(counts, "mono16") for _ in range(40)]
     repeat = [second.scale(counts, "mono16") for _ in range(40)]
-    for a, b in zip(outputs, repeat):
+    for a, b in zip(outputs, repeat, strict=True):
         np.testing.assert_array_equal(a, b)
     # Frame-to-frame change is bounded by the rate (no jump), yet contrast grows over time.
-    steps = [np.abs(b - a).max() for a, b in zip(outputs, outputs[1:])]
+    steps = [np.abs(b - a).max() for a, b in zip(outputs[:-1], outputs[1:], strict=True)]
     assert max(steps) < 0.12
     assert outputs[-1].std() > 2.0 * outputs[0].std()
     low, high = first.current_range("mono16")

@@ -1,22 +1,21 @@
 """Stage I of SGDFuse: preliminary fusion of thermal and visible luminance.
 
-Layout (strides relative to the input; all feature maps NCHW unless noted)::
+Layout (strides relative to the input; C = embed_dim, D = attn_dim)::
 
-    IR  [N,1,H,W] -> shallow conv (1->S, /1) -> conv s2 (S->C, /2) -> MSFEM (/2) -> conv s2 (C->D, /4) -+
-    VIS [N,1,H,W] -> shallow conv (1->S, /1) -> conv s2 (S->C, /2) -> conv s2 (C->D, /4)                |
-                                                     -> windowed Transformer block (/4)  -------------+
-                                                                                                        v
-                                       windowed cross-attention, both directions, merged (/4, D)
-                                                                                                        |
-    decoder: up x2 + concat(IR /2, VIS /2) -> conv (/2) -> up x2 + concat(IR /1, VIS /1 shallow) -> conv
-             -> conv -> sigmoid -> fused luminance [N,1,H,W] in [0, 1]
+    IR  [N,1,H,W] -> conv s2 (1->C) -> MSFEM  = ir2  [N,C,H/2,W/2] -> conv s2 (C->D)                = ir4
+    VIS [N,1,H,W] -> conv s2 (1->C)          = vis2 [N,C,H/2,W/2] -> conv s2 (C->D) -> Transformer = vis4
+    windowed cross-attention (IR <-> VIS, merged)                      (ir4, vis4) -> f4 [N,H/4,W/4,D]
+    decoder: [1x1 (D->C) of f4, upsampled x2] ++ ir2 ++ vis2 -> 2 convs (/2) -> conv (C->4)
+             -> pixel shuffle x2 -> crop -> sigmoid -> fused luminance [N,1,H,W] in [0, 1]
 
 Why this shape: the paper gives the module types (MSFEM on IR, a Transformer block on VIS, cross-attention),
-not sizes. We keep the network small enough for CPU use at 640x480: the multi-scale convolutions run at
-half resolution, attention runs at quarter resolution inside non-overlapping windows (8x8 tokens = 32x32
-pixels), and full-resolution work is limited to two thin skip embeddings and the last two convolutions that
-restore edges. Any H, W >= 16 works: strided convolutions round up, the attention pads its token grid to
-whole windows (padded keys are masked out) and the decoder upsamples to the exact skip sizes.
+not sizes. We keep the network small enough for CPU use at 640x480: the stride-2 embeddings see every pixel
+(a 3x3 window at stride 2 covers the whole 2x2 block, and C >= 4 channels can hold it), the multi-scale
+convolutions and the decoder run at half resolution, attention runs at quarter resolution inside
+non-overlapping windows (8x8 tokens = 32x32 pixels, 64 tokens per attention), and the last convolution predicts
+each 2x2 output block (pixel shuffle), so no convolution runs at full resolution, where a CPU pays more in
+memory traffic than in arithmetic. Any H, W >= 16 works: strided convolutions round up, the attention pads its
+token grid to whole windows with the padded keys masked out, and the output is cropped back to H x W.
 """
 
 from __future__ import annotations

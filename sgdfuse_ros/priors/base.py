@@ -48,6 +48,14 @@ class SemanticPrior(abc.ABC):
             Deterministic: the same inputs give the same masks.
         """
 
+    def to(self, device: str | torch.device) -> SemanticPrior:
+        """Move the prior to ``device`` (e.g. back to the CPU after a CUDA fault); returns ``self``.
+
+        Subclasses holding modules override this and move them too.
+        """
+        self.device = torch.device(device)
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
 

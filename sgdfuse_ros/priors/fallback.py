@@ -1,27 +1,29 @@
 """Weight-free semantic prior, and the per-pixel saliency scores shared with the SAM prior.
 
 Both priors reduce "what stands out in this modality" to a per-pixel *score map* measured in robust
-standard deviations of the image itself (so the same thresholds work for 8-bit RoadScene frames with
-a warm road and for dark MSRS night frames):
+standard deviations of the image itself, so that the same thresholds work for 8-bit RoadScene frames
+with a warm road and for dark MSRS night frames:
 
-* IR  score = warmth of a pixel relative to the whole frame plus its prominence over the local
-  background:  ``z_ir = (t - median(t)) / s  +  w_local * (t - blur_bg(t)) / s`` where ``t`` is
-  the lightly smoothed thermal image and ``s = max(1.4826 * MAD(t), scale_floor)``. The
-  ``scale_floor`` keeps a flat frame (no targets, sensor noise only) from being blown up into
-  spurious targets.
-* VIS score = local texture / structure energy of the luminance, in the log domain so that it does
-  not depend on exposure:  ``e = log(eps + sqrt(blur_tex(|grad Y|^2)) + |blur_c(Y) - blur_s(Y)|)``,
-  ``z_vis = (e - median(e)) / (1.4826 * MAD(e))``. Flat sky, flat road and dark walls score low;
-  foliage, people, cars, signs and façade detail score high.
+* IR score = warmth relative to the whole frame plus prominence over the local background:
+  ``z_ir = (t - median(t)) / s + w_local * (t - blur_bg(t)) / s``, where ``t`` is the lightly
+  smoothed thermal image and ``s = max(1.4826 * MAD(t), ir_scale_floor)``. The floor keeps a flat
+  frame (sensor noise only) from being normalised up into spurious targets.
+* VIS score = local texture / contrast energy of the luminance Y, in the log domain so that it does
+  not depend on exposure: ``e = log(sqrt(blur(|grad Y|^2)) + w_c * local_std(Y) + noise_floor)``,
+  ``z_vis = (e - median(e)) / max(1.4826 * MAD(e), vis_scale_floor)``. Flat sky, road and walls
+  score low; foliage, people, vehicles, signs and facade detail score high. The additive noise floor
+  (~2.5 grey levels) keeps sensor noise on flat areas from reading as texture.
 
-The fallback prior turns a score map into a mask pixel by pixel with a soft threshold
-``sigmoid((z - threshold) / softness)`` followed by a small grey-scale opening (removes isolated
-specks). The SAM prior (``sam.py``) averages the same score maps over each SAM segment and uses the
-same sigmoid, so the two priors agree on *what* is salient and differ only in *where the edges go*.
+The fallback prior turns a score map into a mask pixel by pixel with :func:`soft_threshold` (a
+smoothstep ramp of half-width ``softness`` around the threshold: exactly 0 on typical background,
+exactly 1 on clearly salient pixels) and a small grey-scale opening that removes isolated specks.
+The SAM prior (``sam.py``) averages the same score maps over each SAM segment and applies the same
+soft threshold per segment: the two priors agree on *what* is salient and differ in *where the edges
+go* (SAM snaps them to object boundaries).
 
-All computation is torch on the input tensors' device, at a reduced working resolution (longest
-side ``work_size``) and upsampled once (bilinear) to the input size: at 640x480 on one CPU thread
-it takes a few milliseconds (see ``benchmarks/prior_latency.py``).
+All computation is torch on the inputs' device, at a reduced working resolution (longest side
+``work_size``, default 320), upsampled once (bilinear) to the input size: ~14 ms per 640x480 frame
+on one CPU thread (``benchmarks/prior_latency.py``).
 """
 
 from __future__ import annotations
@@ -66,17 +68,19 @@ class SaliencyParams:
     #: IR: floor of the robust scale, in [0,1] intensity units (flat frames -> no targets).
     ir_scale_floor: float = 0.03
     #: IR: threshold of the soft mask in robust-std units.
-    ir_threshold: float = 1.75
+    ir_threshold: float = 1.5
     #: VIS: integration scale of the texture energy and local contrast.
     vis_texture: float = 0.015
     #: VIS: weight of the local-contrast (local std) term relative to the gradient energy.
     vis_contrast_weight: float = 0.25
+    #: VIS: energy floor in [0,1] intensity units (~2.5 grey levels): structure below it is noise.
+    vis_noise_floor: float = 0.01
     #: VIS: floor of the robust scale of the log energy (flat frames -> little structure).
     vis_scale_floor: float = 0.25
     #: VIS: threshold of the soft mask in robust-std units.
-    vis_threshold: float = 1.0
-    #: Width of the sigmoid ramp in robust-std units (smaller = harder mask edges).
-    softness: float = 0.35
+    vis_threshold: float = 0.75
+    #: Half-width of the soft-threshold ramp in robust-std units (smaller = harder mask edges).
+    softness: float = 0.75
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -84,7 +88,7 @@ class SaliencyParams:
             if not math.isfinite(v):
                 raise ValueError(f"SaliencyParams.{f.name} must be finite, got {v!r}")
         for name in ("ir_smooth", "ir_background", "vis_texture",
-                     "ir_scale_floor", "vis_scale_floor", "softness"):
+                     "ir_scale_floor", "vis_scale_floor", "vis_noise_floor", "softness"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SaliencyParams.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("ir_local_weight", "vis_contrast_weight"):
@@ -211,15 +215,27 @@ def vis_score_map(visible_rgb: Tensor, params: SaliencyParams | None = None) -> 
     # car body, clothing) that differ from their surroundings but have little inner texture.
     mean = gaussian_blur(y, sigma)
     local_std = (gaussian_blur(y * y, sigma) - mean * mean).clamp_min(0).sqrt()
-    # eps ~ 1/255: differences below one grey level are noise, whatever the exposure.
-    e = torch.log(energy + p.vis_contrast_weight * local_std + 4e-3)
+    # The additive floor (a few grey levels) makes sensor noise on flat areas read as "no
+    # structure" instead of being normalised up into texture by the relative statistics.
+    e = torch.log(energy + p.vis_contrast_weight * local_std + p.vis_noise_floor)
     med, scale = robust_stats(e, p.vis_scale_floor)
     return (e - med) / scale
 
 
 def soft_threshold(score: Tensor, threshold: float, softness: float) -> Tensor:
-    """Soft mask from a score: ``sigmoid((score - threshold) / softness)``, in [0, 1]."""
-    return torch.sigmoid((score - threshold) / softness)
+    """Soft mask from a score: a smoothstep ramp from ``threshold - softness`` (0) to
+    ``threshold + softness`` (1), value 0.5 at ``threshold``.
+
+    Compact support (unlike a sigmoid): typical background (score ~0) is exactly 0, so the mask's
+    area measures the salient regions and not a floor spread over the whole frame.
+
+    Args:
+        score: any shape, in robust-std units. threshold, softness (> 0): same units.
+    Returns:
+        same shape, in [0, 1].
+    """
+    u = ((score - (threshold - softness)) / (2.0 * softness)).clamp(0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
 
 
 def _grey_opening(m: Tensor, radius: int) -> Tensor:
@@ -243,8 +259,8 @@ def _to_work_size(x: Tensor, work_size: int) -> Tensor:
 class FallbackPrior(SemanticPrior):
     """Weight-free prior: per-pixel soft thresholds of the IR / VIS score maps.
 
-    ``M_ir = open(sigmoid((z_ir - ir_threshold) / softness))`` marks warm targets (people, cars,
-    engines); ``M_vis = open(sigmoid((z_vis - vis_threshold) / softness))`` marks textured /
+    ``M_ir = open(soft_threshold(z_ir, ir_threshold, softness))`` marks warm targets (people, cars,
+    engines); ``M_vis = open(soft_threshold(z_vis, vis_threshold, softness))`` marks textured /
     high-contrast visible structure. See the module docstring for the score maps.
 
     Args:

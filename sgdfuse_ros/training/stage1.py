@@ -56,6 +56,9 @@ def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--save-every", type=int, default=250, help="write last.pt every N steps")
     p.add_argument("--log-every", type=int, default=50, help="print running losses every N steps")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this step with a resumable checkpoint (no export)"
+    )
     p.add_argument("--export", default=None, help="final weights path (default <out>/stage1.pt); JSON beside it")
     p.add_argument(
         "--exclude", nargs="*", default=list(HELD_OUT_NAMES), help="pair names (file stems) left out of training"
@@ -101,8 +104,12 @@ def _validate(args: argparse.Namespace) -> None:
         raise SystemExit("--save-every and --log-every must be >= 1")
 
 
-def train_stage1(args: argparse.Namespace) -> dict:
-    """Train (or resume) Stage I as described by the parsed ``args``; returns the provenance record."""
+def train_stage1(args: argparse.Namespace) -> dict | None:
+    """Train (or resume) Stage I as described by the parsed ``args``.
+
+    Returns the provenance record written beside the exported weights, or None when ``--stop-at`` ended the
+    run early (``last.pt`` then holds everything ``--resume`` needs).
+    """
     _validate(args)
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
@@ -152,7 +159,8 @@ def train_stage1(args: argparse.Namespace) -> dict:
         if new_log:
             writer.writerow(LOSS_COLUMNS)
         t0 = time.perf_counter() - elapsed
-        while step < args.iters:
+        stop = args.iters if args.stop_at is None else min(args.iters, args.stop_at)
+        while step < stop:
             step += 1
             # A generator per step makes every batch a function of (seed, step): resuming replays nothing and
             # skips nothing, without saving generator state.
@@ -176,16 +184,20 @@ def train_stage1(args: argparse.Namespace) -> dict:
             writer.writerow([step, *(f"{v:.6f}" for v in values), f"{lr:.3e}", f"{elapsed:.1f}"])
             recent = (recent + [values])[-100:]
             if step % args.log_every == 0 or step == args.iters:
+                log_file.flush()
                 mean = np.mean(recent[-args.log_every :], axis=0)
                 print(
                     f"[stage1] step {step}/{args.iters} total {mean[0]:.4f} int {mean[1]:.4f} "
                     f"grad {mean[2]:.4f} lr {lr:.2e} {elapsed:.0f}s",
                     flush=True,
                 )
-            if step % args.save_every == 0 or step == args.iters:
+            if step % args.save_every == 0 or step == stop:
                 log_file.flush()
                 save_last()
 
+    if step < args.iters:
+        print(f"[stage1] stopped at step {step}; continue with --resume", flush=True)
+        return None
     return _export(model, args, data, step, elapsed, commands, recent, device)
 
 

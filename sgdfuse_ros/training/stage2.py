@@ -1,0 +1,579 @@
+"""Stage II training: cache frozen Stage I outputs and prior masks once, then train the conditional diffusion model.
+
+    python -m sgdfuse_ros.training stage2 --data DIR --out RUN [options]          # cache (if needed) + train
+    python -m sgdfuse_ros.training stage2 --data DIR --out RUN --cache-only       # only build the cache
+    torchrun --nproc_per_node=N -m sgdfuse_ros.training stage2 --out RUN --cache C --device cuda   # DDP
+
+Step 1, the cache (``--cache``, default ``<out>/cache``): every training pair goes once through the frozen Stage
+I weights and the configured semantic prior; ``<name>.npz`` holds ir (uint8 [H,W]), vis (uint8 [H,W,3] RGB), f1
+(float16 [H,W,3]) and m_ir / m_vis (float16 [H,W]), and ``manifest.json`` records the Stage I weights (sha256),
+the prior and the pair names. This is the only step that may need segment_anything (``--prior sam``); the
+training loop reads the cache and needs neither segment_anything nor rosbags, so a cache built here can be
+copied to a GPU machine and trained there with ``--cache`` alone.
+
+Step 2, training: random crops (with flips) from the cache, x0 := F1 in [-1, 1] noised at a random timestep,
+the network predicts x0, the Stage II loss applies to the prediction (``losses_stage2``); Adam with warm-up and
+cosine decay; resumable (``--resume`` from ``<out>/last.pt``: model, optimizer, step, elapsed time); losses logged
+as JSON lines (``<out>/losses.jsonl``). With ``WORLD_SIZE > 1`` (torchrun) it runs DistributedDataParallel (gloo
+on CPU, nccl on CUDA); ``--batch`` is the global batch, split evenly over the ranks, each rank drawing its own
+crops from a generator seeded with (seed, step, rank); rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..imaging import merge_luma_chroma, split_luma_chroma
+from ..losses_stage2 import Stage2Loss
+from ..models.diffusion import NoiseSchedule, ScheduleConfig
+from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
+from .data import HELD_OUT_NAMES, list_pairs
+
+__all__ = ["CacheSet", "add_stage2_arguments", "build_cache", "sample_stage2_batch", "train_stage2"]
+
+CACHE_VERSION = 1
+LICENCE_NOTE = (
+    "Trained only on the RoadScene pairs found under the data folder (RoadScene, hanna-xu/RoadScene, built from "
+    "the FLIR ADAS thermal dataset); the held-out bundled pairs were excluded. No LLVIP data was used. Check the "
+    "RoadScene / FLIR ADAS terms before redistributing the weights."
+)
+LOSS_KEYS = ("total", "intensity", "gradient", "chroma", "anchor")
+
+
+def add_stage2_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``stage2`` subcommand (sets ``func=train_stage2``)."""
+    p = subparsers.add_parser("stage2", help="train the Stage II conditional diffusion refiner (cache, then train)")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and cache")
+    g.add_argument("--data", default=None, help="folder with ir/ and vi/ registered pairs (needed to build the cache)")
+    g.add_argument("--out", required=True, help="run folder (checkpoints, loss log, final weights)")
+    g.add_argument("--cache", default=None, help="cache folder (default <out>/cache); built when it has no manifest")
+    g.add_argument("--cache-only", action="store_true", help="build the cache and stop")
+    g.add_argument("--stage1-weights", default=None, help="frozen Stage I weights (default: the shipped ones)")
+    g.add_argument("--prior", default="fallback", choices=("fallback", "sam"), help="semantic prior for the masks")
+    g.add_argument("--sam-checkpoint", default="", help="SAM checkpoint (.pth) when --prior sam")
+    g.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+    g.add_argument(
+        "--exclude", nargs="*", default=list(HELD_OUT_NAMES), help="pair names (file stems) left out of training"
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--base-channels", type=int, default=Stage2Config.base_channels)
+    g.add_argument("--channel-mults", type=int, nargs="+", default=list(Stage2Config.channel_mults))
+    g.add_argument("--num-res-blocks", type=int, default=Stage2Config.num_res_blocks)
+    g.add_argument("--dropout", type=float, default=Stage2Config.dropout)
+    g.add_argument("--no-hfah", action="store_true", help="ablation: plain head on the finest decoder level")
+    g.add_argument(
+        "--no-masks", action="store_true", help="ablation: masks zeroed in the condition and the losses (no prior)"
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--iters", type=int, default=2000, help="total optimisation steps")
+    g.add_argument("--batch", type=int, default=4, help="global batch (split over DDP ranks)")
+    g.add_argument("--crop", type=int, default=128, help="square crop side in pixels (>= 16)")
+    g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate after warm-up (cosine decay after)")
+    g.add_argument("--min-lr", type=float, default=2e-5)
+    g.add_argument("--warmup", type=int, default=100)
+    g.add_argument(
+        "--max-strength",
+        type=float,
+        default=1.0,
+        help="train on timesteps t < max_strength * T (1 = the whole schedule; inference strength must not exceed it)",
+    )
+    g.add_argument("--intensity-weight", type=float, default=1.5)
+    g.add_argument("--gradient-weight", type=float, default=1.0)
+    g.add_argument("--chroma-weight", type=float, default=1.0)
+    g.add_argument("--anchor-weight", type=float, default=0.1)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)")
+    g.add_argument("--threads", type=int, default=1, help="CPU threads per process (the dev machine is shared)")
+    g.add_argument("--save-every", type=int, default=100, help="write last.pt every N steps")
+    g.add_argument("--log-every", type=int, default=25, help="print running losses every N steps")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    g.add_argument("--stop-at", type=int, default=None, help="stop after this step with a resumable checkpoint")
+    g.add_argument("--export", default=None, help="final weights path (default <out>/stage2.pt); JSON beside it")
+    p.set_defaults(func=train_stage2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_pair(ir_path: Path, vi_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(IR uint8 [H,W], visible uint8 [H,W,3] RGB); ValueError naming an unreadable file or a size mismatch."""
+    ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
+    bgr = cv2.imread(str(vi_path), cv2.IMREAD_COLOR)
+    if ir is None or bgr is None:
+        raise ValueError(f"cannot read image {ir_path if ir is None else vi_path}")
+    if ir.shape != bgr.shape[:2]:
+        raise ValueError(f"size mismatch: {ir_path} is {ir.shape}, {vi_path} is {bgr.shape[:2]}")
+    return ir, np.ascontiguousarray(bgr[..., ::-1])
+
+
+def build_cache(args: argparse.Namespace, cache: Path) -> dict:
+    """Run the frozen Stage I weights and the prior over the training pairs once; returns the manifest.
+
+    An existing cache is reused when its manifest matches (same Stage I weights, prior and pair names), and
+    refused otherwise (SystemExit naming the difference).
+    """
+    from ..models.stage1 import default_stage1_weights_path, load_stage1
+    from ..priors import build_prior  # segment_anything is imported only by the SAM prior, only here
+
+    if args.data is None:
+        raise SystemExit(f"no cache at {cache} and no --data to build it from")
+    stage1_path = Path(args.stage1_weights) if args.stage1_weights else default_stage1_weights_path()
+    if not stage1_path.is_file():
+        raise SystemExit(f"Stage I weights not found: {stage1_path} (train Stage I first or pass --stage1-weights)")
+    pairs = list_pairs(args.data, exclude=args.exclude)
+    names = [ir.stem for ir, _ in pairs]
+    stage1_sha = _sha256(stage1_path)
+    manifest_path = cache / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        expected = {"stage1_sha256": stage1_sha, "prior_kind": args.prior, "names": names}
+        for key, value in expected.items():
+            if manifest.get(key) != value:
+                raise SystemExit(f"cache {cache} was built with a different {key}; delete it or pass another --cache")
+        return manifest
+
+    device = torch.device(args.device if not args.device.startswith("cuda") or torch.cuda.is_available() else "cpu")
+    stage1 = load_stage1(stage1_path, device=device)
+    prior = build_prior(
+        args.prior, device=device, sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, (ir_path, vi_path) in enumerate(pairs):
+        ir_u8, vis_u8 = _read_pair(ir_path, vi_path)
+        with torch.inference_mode():
+            ir = torch.from_numpy(ir_u8).float().div(255.0)[None, None].to(device)
+            vis = torch.from_numpy(vis_u8).float().div(255.0).permute(2, 0, 1)[None].contiguous().to(device)
+            m_ir, m_vis = prior.masks(ir, vis)
+            vis_y, chroma = split_luma_chroma(vis)
+            f1 = merge_luma_chroma(stage1(ir, vis_y).float(), chroma)
+        np.savez(
+            cache / f"{ir_path.stem}.npz",
+            ir=ir_u8,
+            vis=vis_u8,
+            f1=f1[0].permute(1, 2, 0).cpu().numpy().astype(np.float16),
+            m_ir=m_ir[0, 0].cpu().numpy().astype(np.float16),
+            m_vis=m_vis[0, 0].cpu().numpy().astype(np.float16),
+        )
+        if (i + 1) % 25 == 0 or i + 1 == len(pairs):
+            print(f"[stage2] cached {i + 1}/{len(pairs)} pairs ({time.perf_counter() - t0:.0f}s)", flush=True)
+    manifest = {
+        "version": CACHE_VERSION,
+        "data": str(args.data),
+        "names": names,
+        "excluded_names": list(args.exclude),
+        "stage1_weights": str(stage1_path),
+        "stage1_sha256": stage1_sha,
+        "prior_kind": args.prior,
+        "prior": prior.name,
+        "sam_checkpoint": args.sam_checkpoint if args.prior == "sam" else "",
+        "device": str(device),
+        "build_time_s": round(time.perf_counter() - t0, 1),
+        "created_utc": _utc_now(),
+    }
+    # The manifest is written last: a cache without one is incomplete and is rebuilt.
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@dataclass
+class CacheSet:
+    """A cache in memory: per pair ir uint8 [H,W], vis uint8 [H,W,3], f1 float16 [H,W,3], m_ir/m_vis float16 [H,W]."""
+
+    manifest: dict
+    arrays: list[dict[str, np.ndarray]]
+
+    @classmethod
+    def load(cls, cache: str | Path) -> CacheSet:
+        cache = Path(cache)
+        manifest_path = cache / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no cache manifest at {manifest_path}")
+        manifest = json.loads(manifest_path.read_text())
+        arrays = []
+        for name in manifest["names"]:
+            with np.load(cache / f"{name}.npz") as npz:
+                arrays.append({key: npz[key] for key in ("ir", "vis", "f1", "m_ir", "m_vis")})
+        return cls(manifest, arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
+def sample_stage2_batch(data: CacheSet, batch: int, crop: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random crops with random flips from the cache, all float32 in [0, 1].
+
+    Returns {"ir": [B,1,c,c], "vis": [B,3,c,c], "f1": [B,3,c,c], "m_ir": [B,1,c,c], "m_vis": [B,1,c,c]}.
+    Images smaller than ``crop`` are reflect-padded. Every random choice comes from ``rng``.
+    """
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ir", "vis", "f1", "m_ir", "m_vis")}
+    for _ in range(batch):
+        item = data.arrays[int(rng.integers(len(data)))]
+        h, w = item["ir"].shape
+        top = int(rng.integers(max(1, h - crop + 1)))
+        left = int(rng.integers(max(1, w - crop + 1)))
+        flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
+        for key, array in item.items():
+            x = array[top : top + crop, left : left + crop].astype(np.float32)
+            if key in ("ir", "vis"):
+                x /= 255.0
+            if x.shape[0] < crop or x.shape[1] < crop:
+                pad = ((0, crop - x.shape[0]), (0, crop - x.shape[1])) + ((0, 0),) * (x.ndim - 2)
+                x = np.pad(x, pad, mode="reflect")
+            if flip_h:
+                x = x[:, ::-1]
+            if flip_v:
+                x = x[::-1]
+            out[key].append(np.ascontiguousarray(x))
+    result = {}
+    for key, items in out.items():
+        stacked = torch.from_numpy(np.stack(items))
+        result[key] = stacked[:, None] if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2).contiguous()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``min_lr``; ``step`` counts from 1."""
+    if step <= args.warmup:
+        return args.lr * step / max(1, args.warmup)
+    progress = (step - args.warmup) / max(1, args.iters - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _command_line(world: int) -> str:
+    script = Path(sys.argv[0]).as_posix() if sys.argv else ""
+    module = "sgdfuse_ros.training.stage2" if script.endswith("training/stage2.py") else "sgdfuse_ros.training"
+    launcher = [f"torchrun --nproc_per_node={world}"] if world > 1 else [Path(sys.executable).name]
+    return " ".join([*launcher, "-m", module, shlex.join(sys.argv[1:])]).strip()
+
+
+def _model_config(args: argparse.Namespace) -> Stage2Config:
+    return Stage2Config(
+        base_channels=args.base_channels,
+        channel_mults=tuple(args.channel_mults),
+        num_res_blocks=args.num_res_blocks,
+        dropout=args.dropout,
+        use_hfah=not args.no_hfah,
+    )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.iters < 1 or args.batch < 1 or args.crop < 16:
+        raise SystemExit("--iters and --batch must be >= 1 and --crop >= 16")
+    if args.save_every < 1 or args.log_every < 1:
+        raise SystemExit("--save-every and --log-every must be >= 1")
+    if not 0.0 < args.max_strength <= 1.0:
+        raise SystemExit("--max-strength must be in (0, 1]")
+
+
+def _trim_log(log_path: Path, last_step: int) -> None:
+    """Keep only rows up to ``last_step`` (rows logged after the last checkpoint are redone on resume)."""
+    if not log_path.exists():
+        return
+    rows = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    log_path.write_text("".join(row + "\n" for row in rows))
+
+
+class _Dist:
+    """Process-group state: world size 1 without torchrun; gloo on CPU, nccl on CUDA otherwise."""
+
+    def __init__(self, device: str) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda") and self.world > 1:
+            device = f"cuda:{local_rank}"
+        self.device = torch.device(device)
+        if self.world > 1:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend=backend)
+        self.main = self.rank == 0
+
+    def mean(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_stage2(args: argparse.Namespace) -> dict | None:
+    """Build the cache if needed, then train (or resume) Stage II as described by ``args``.
+
+    Returns the provenance record written beside the exported weights (on rank 0), or None after
+    ``--cache-only``, after ``--stop-at`` ended the run early, and on ranks other than 0.
+    """
+    _validate(args)
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out / "cache"
+    ddp = _Dist(args.device)
+    try:
+        if ddp.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if args.data is not None or not (cache / "manifest.json").is_file():
+                build_cache(args, cache)
+        ddp.barrier()
+        if args.cache_only:
+            return None
+        return _train(args, out, cache, ddp)
+    finally:
+        ddp.close()
+
+
+def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict | None:
+    device = ddp.device
+    if args.batch % ddp.world:
+        raise SystemExit(f"--batch {args.batch} is not divisible by the world size {ddp.world}")
+    local_batch = args.batch // ddp.world
+    data = CacheSet.load(cache)
+    if ddp.main:
+        print(
+            f"[stage2] {len(data)} cached pairs from {cache} (prior {data.manifest['prior']}); world size {ddp.world}",
+            flush=True,
+        )
+    last_path, log_path = out / "last.pt", out / "losses.jsonl"
+
+    torch.manual_seed(args.seed)  # identical initialisation on every rank; batches use per-step generators
+    config = _model_config(args)
+    model = build_stage2(config).to(device)
+    schedule = NoiseSchedule(ScheduleConfig())
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    criterion = Stage2Loss(args.intensity_weight, args.gradient_weight, args.chroma_weight, args.anchor_weight)
+    t_max = schedule.start_timestep(args.max_strength)
+    step, elapsed, commands = 0, 0.0, [_command_line(ddp.world)]
+
+    if args.resume:
+        if not last_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {last_path}")
+        ckpt = torch.load(last_path, map_location=device, weights_only=True)
+        if ckpt["config"] != config.to_dict():
+            raise SystemExit(f"--resume: {last_path} was written for a different architecture")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed, commands = int(ckpt["step"]), float(ckpt["elapsed_s"]), [*ckpt["commands"], commands[0]]
+        if ddp.main:
+            _trim_log(log_path, step)
+            print(f"[stage2] resumed from {last_path} at step {step}", flush=True)
+    elif last_path.exists():
+        raise SystemExit(f"{last_path} exists: pass --resume to continue or choose another --out")
+    ddp.barrier()  # every rank has read last.pt before rank 0 may overwrite it
+
+    net: torch.nn.Module = model
+    if ddp.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_last() -> None:
+        state = {
+            "step": step,
+            "elapsed_s": elapsed,
+            "commands": commands,
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+        _atomic_save(state, last_path)
+
+    recent: list[list[float]] = []
+    stop = args.iters if args.stop_at is None else min(args.iters, args.stop_at)
+    log_file = log_path.open("a") if ddp.main else None
+    net.train()
+    t0 = time.perf_counter() - elapsed
+    try:
+        while step < stop:
+            step += 1
+            # One generator per (seed, step, rank): each rank draws different crops, and a resumed run replays
+            # exactly the batches it would have seen, without saving generator state.
+            rng = np.random.default_rng([args.seed, step, ddp.rank])
+            batch = {k: v.to(device, non_blocking=True) for k, v in sample_stage2_batch(
+                data, local_batch, args.crop, rng).items()}
+            t = torch.from_numpy(rng.integers(0, t_max + 1, size=local_batch)).to(device)
+            noise = torch.from_numpy(rng.standard_normal(batch["f1"].shape, dtype=np.float32)).to(device)
+            masks = torch.cat([batch["m_ir"], batch["m_vis"]], dim=1)
+            if args.no_masks:
+                masks = torch.zeros_like(masks)
+            x_t = schedule.add_noise(batch["f1"] * 2.0 - 1.0, noise, t)
+            cond = torch.cat([batch["f1"], masks], dim=1)
+            lr = _lr_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            x0_rgb = (net(x_t, t, cond) + 1.0) * 0.5
+            losses = criterion(x0_rgb, batch["ir"], batch["vis"], batch["f1"], masks[:, :1], masks[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+            values = ddp.mean([float(v.detach()) for v in losses])
+            if not all(math.isfinite(v) for v in values):
+                raise SystemExit(f"non-finite loss at step {step}: {values}")
+            elapsed = time.perf_counter() - t0
+            recent = (recent + [values])[-100:]
+            if log_file is not None:
+                row = {"step": step, **{k: round(v, 6) for k, v in zip(LOSS_KEYS, values)}}
+                row.update(lr=float(f"{lr:.3e}"), elapsed_s=round(elapsed, 1))
+                log_file.write(json.dumps(row) + "\n")
+                if step % args.log_every == 0 or step == stop:
+                    mean = np.mean(recent[-args.log_every :], axis=0)
+                    text = " ".join(f"{k[:5]} {m:.4f}" for k, m in zip(LOSS_KEYS, mean))
+                    print(f"[stage2] step {step}/{args.iters} {text} lr {lr:.2e} {elapsed:.0f}s", flush=True)
+                if step % args.save_every == 0 or step == stop:
+                    log_file.flush()
+                    save_last()
+    finally:
+        if log_file is not None:
+            log_file.close()
+    ddp.barrier()
+    if step < args.iters:
+        if ddp.main:
+            print(f"[stage2] stopped at step {step}; continue with --resume", flush=True)
+        return None
+    if not ddp.main:
+        return None
+    return _export(model, schedule, args, data, step, elapsed, commands, device, ddp.world)
+
+
+def _final_losses(log_path: Path, window: int = 100) -> dict:
+    """Mean of the last ``window`` logged steps (read from the log, so a resumed run counts its earlier rows)."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line] if log_path.exists() else []
+    rows = rows[-window:]
+    result: dict = {"window_steps": len(rows)}
+    for key in LOSS_KEYS:
+        result[key] = float(np.mean([r[key] for r in rows])) if rows else float("nan")
+    return result
+
+
+def _export(
+    model: torch.nn.Module,
+    schedule: NoiseSchedule,
+    args: argparse.Namespace,
+    data: CacheSet,
+    step: int,
+    elapsed: float,
+    commands: list[str],
+    device: torch.device,
+    world: int,
+) -> dict:
+    out = Path(args.out)
+    export = Path(args.export) if args.export else out / "stage2.pt"
+    export.parent.mkdir(parents=True, exist_ok=True)
+    manifest = data.manifest
+    prior = {"kind": manifest["prior_kind"], "name": manifest["prior"], "masks_used": not args.no_masks}
+    _atomic_save(stage2_checkpoint(model, schedule, {"prior": prior["name"], "masks_used": prior["masks_used"]}),
+                 export)
+    device_name = str(device)
+    if device.type == "cuda":
+        device_name += f" ({torch.cuda.get_device_name(device)})"
+    else:
+        device_name += f" ({torch.get_num_threads()} threads per process)"
+    record = {
+        "format": "sgdfuse_ros stage2 checkpoint: {'format','config','schedule','state_dict' (float32),'meta'}",
+        "file": export.name,
+        "sha256": _sha256(export),
+        "command": commands[0],
+        "resumed_with": commands[1:],
+        "config": model.config.to_dict(),
+        "schedule": schedule.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameterisation": "x0 (the head's Tanh output is the predicted clean image in [-1, 1]); x0 := F1",
+        "training": {
+            "iterations": step,
+            "batch": args.batch,
+            "world_size": world,
+            "crop": args.crop,
+            "optimizer": "Adam",
+            "lr": args.lr,
+            "min_lr": args.min_lr,
+            "warmup": args.warmup,
+            "lr_schedule": "linear warm-up then cosine decay",
+            "timesteps": f"uniform in [0, {schedule.start_timestep(args.max_strength)}]",
+            "loss_weights": {
+                "intensity": args.intensity_weight,
+                "gradient": args.gradient_weight,
+                "chroma": args.chroma_weight,
+                "anchor": args.anchor_weight,
+            },
+            "seed": args.seed,
+            "augmentation": "random square crops, horizontal and vertical flips",
+        },
+        "prior": prior,
+        "stage1": {"weights": manifest["stage1_weights"], "sha256": manifest["stage1_sha256"]},
+        "dataset": {"name": Path(manifest["data"]).name, "root": manifest["data"], "pairs": len(data)},
+        "excluded_names": manifest["excluded_names"],
+        "final_losses": _final_losses(out / "losses.jsonl"),
+        "wall_time_s": round(elapsed, 1),
+        "cache_build_time_s": manifest.get("build_time_s"),
+        "device": device_name,
+        "torch_version": torch.__version__,
+        "licence": LICENCE_NOTE,
+        "created_utc": _utc_now(),
+    }
+    export.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"[stage2] wrote {export} and {export.with_suffix('.json')}", flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sgdfuse_ros.training.stage2 ...`` (same options as the ``stage2`` subcommand)."""
+    parser = argparse.ArgumentParser(prog="python -m sgdfuse_ros.training.stage2", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

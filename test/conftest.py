@@ -1,0 +1,73 @@
+"""Shared pytest set-up: private ROS discovery, and test doubles only for ROS packages that are missing.
+
+* ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (Iron and newer; on Humble export ROS_LOCALHOST_ONLY=1
+  instead) and a random ROS_DOMAIN_ID in 100-200 chosen once per test session (before anything
+  calls rclpy.init), so concurrent test runs on one machine do not see each other's topics.
+* message_filters, launch and launch_ros are not installable here. For each one that cannot be
+  imported, test/doubles/ is appended to sys.path (appended: a real package, when installed, is
+  always found first) and the pytest header says which doubles are in use. Subprocesses started by
+  tests get the same PYTHONPATH through :func:`ros_subprocess_env`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+DOUBLED_PACKAGES = ("message_filters", "launch", "launch_ros")
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+if "SGDFUSE_TEST_DOMAIN_ID" not in os.environ:
+    # Fixed for the whole session (also inherited by subprocesses), random across sessions.
+    os.environ["SGDFUSE_TEST_DOMAIN_ID"] = str(random.SystemRandom().randint(100, 200))
+os.environ["ROS_DOMAIN_ID"] = os.environ["SGDFUSE_TEST_DOMAIN_ID"]
+# ament index lookups (get_package_share_directory) in the venv prefix where the package is installed.
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+
+
+def _missing_packages() -> list[str]:
+    missing = []
+    for name in DOUBLED_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+MISSING = _missing_packages()
+if MISSING and str(DOUBLES) not in sys.path:
+    sys.path.append(str(DOUBLES))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"]
+    if MISSING:
+        lines.append(
+            "TEST DOUBLES in use (real packages not importable): "
+            + ", ".join(MISSING)
+            + f" from {DOUBLES.relative_to(REPO)}"
+        )
+    else:
+        lines.append("real message_filters, launch and launch_ros in use (no test doubles)")
+    return lines
+
+
+def ros_subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a ROS subprocess: this session's domain, and the doubles if they are in use."""
+    env = dict(os.environ)
+    if MISSING:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(DOUBLES)) if p)
+    env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
