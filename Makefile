@@ -20,7 +20,7 @@ build: setup
 	$(ACTIVATE) && tools/build_ros_package.sh
 
 demo: build
-	$(ACTIVATE) && python -m sgdfuse_ros.ros.demo --out out/demo
+	$(ACTIVATE) && $(VENV)/lib/sgdfuse_ros/demo --out out/demo
 
 fuse-samples: build
 	$(ACTIVATE) && sgdfuse_cli=$$(command -v sgdfuse || echo "python -m sgdfuse_ros.cli"); \

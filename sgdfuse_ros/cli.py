@@ -2,6 +2,7 @@
 
     sgdfuse fuse --thermal ir.png --rgb vis.png --out fused.png
     sgdfuse fuse --pairs samples/pairs --out out/fused          # folder with ir/ and vi/ (matched by stem)
+    sgdfuse bag make|info|eval|play|record ...                  # rosbag2 workflow (docs/bags.md)
 
 Options --config (a ROS parameter file such as config/fuse.yaml) and --set section.key=value
 configure the same FuseConfig the ROS node uses.
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--save-intermediate", action="store_true", help="also write F1 and both masks")
     fuse.add_argument("--timings", help="write per-pair stage timings (ms) to this JSON file")
     fuse.set_defaults(handler=_fuse_command)
+    _add_bag_commands(commands)
     return parser
 
 
@@ -151,6 +153,258 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, OSError) as error:
         print(f"sgdfuse: error: {error}", file=sys.stderr)
         return 2
+
+
+# ------------------------------------------------------------------------------ bag subcommands (docs/bags.md)
+
+
+def _add_bag_commands(commands: argparse._SubParsersAction) -> None:
+    # Literal defaults (bags.DEFAULT_*): importing sgdfuse_ros.bags here would slow down every command.
+    DEFAULT_THERMAL_TOPIC, DEFAULT_RGB_TOPIC, DEFAULT_START_TIME = "/thermal/image", "/rgb/image", 1_700_000_000.0
+    DISTROS = ("kilted", "jazzy", "humble")
+    bag = commands.add_parser("bag", help="rosbag2 workflow: make, info, eval, play, record (docs/bags.md)")
+    sub = bag.add_subparsers(dest="bag_command", required=True)
+
+    def storage_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--distro", choices=DISTROS, default="kilted", help="type store and defaults (default kilted)")
+        p.add_argument("--storage", choices=("mcap", "sqlite3"), help="default: mcap (kilted, jazzy), sqlite3 (humble)")
+        p.add_argument("--bag-version", type=int, choices=(8, 9), help="metadata version; default 9, 8 for humble")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    make = sub.add_parser("make", help="image-pair folder (ir/, vi/) -> rosbag2 bag with a thermal and an RGB topic")
+    make.add_argument("--pairs", required=True, help="folder with ir/ and vi/ (pairs matched by file stem)")
+    make.add_argument("--out", required=True, help="bag folder to create")
+    make.add_argument("--rate", type=float, default=10.0, help="frames per second per camera (default 10)")
+    make.add_argument("--offset", type=float, default=0.0, help="thermal stamp minus RGB stamp, seconds")
+    make.add_argument("--jitter", type=float, default=0.0, help="each stamp moves by uniform(-J, +J) seconds")
+    make.add_argument("--seed", type=int, default=0, help="jitter seed (default 0)")
+    make.add_argument("--start-time", type=float, default=DEFAULT_START_TIME, help="first stamp, s since epoch")
+    make.add_argument("--count", type=int, help="frames per camera (default: pairs x --loop)")
+    make.add_argument("--loop", type=int, default=1, help="passes over the pairs when --count is not given")
+    make.add_argument("--resize", metavar="WxH", help="resize both images to exactly WxH")
+    make.add_argument("--max-width", type=int, help="shrink (keeping aspect) to at most this width")
+    make.add_argument("--thermal-encoding", choices=("mono8", "mono16"), default="mono8")
+    make.add_argument("--rgb-encoding", choices=("rgb8", "bgr8"), default="rgb8")
+    make.add_argument(
+        "--thermal-compression",
+        choices=("none", "png", "jpeg"),
+        default="none",
+        help="publish thermal as CompressedImage (png keeps mono16)",
+    )
+    make.add_argument(
+        "--rgb-compression", choices=("none", "jpeg", "png"), default="none", help="publish RGB as CompressedImage"
+    )
+    make.add_argument("--jpeg-quality", type=int, default=90)
+    make.add_argument("--thermal-topic", default=DEFAULT_THERMAL_TOPIC)
+    make.add_argument("--rgb-topic", default=DEFAULT_RGB_TOPIC)
+    make.add_argument("--thermal-frame", default="thermal", help="thermal header frame_id")
+    make.add_argument("--rgb-frame", default="rgb_camera", help="RGB header frame_id")
+    storage_options(make)
+    make.set_defaults(handler=_bag_make)
+
+    info = sub.add_parser("info", help="topics, counts, encodings, rates and stamp anomalies of a bag")
+    info.add_argument("bag")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_bag_info)
+
+    evaluate = sub.add_parser("eval", help="offline replay through the fusion pipeline -> output bag + report")
+    evaluate.add_argument("bag")
+    evaluate.add_argument("--out", required=True, help="folder to create: bag/ and report/")
+    evaluate.add_argument("--config", help="ROS parameter file, e.g. config/fuse.yaml (node.sync_* apply too)")
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter")
+    evaluate.add_argument("--device", help="shortcut for --set compute.device=...")
+    evaluate.add_argument("--thermal-topic", default=DEFAULT_THERMAL_TOPIC)
+    evaluate.add_argument("--rgb-topic", default=DEFAULT_RGB_TOPIC)
+    evaluate.add_argument("--no-metrics", action="store_true", help="skip the fusion metrics (faster)")
+    evaluate.add_argument("--samples", type=int, default=6, help="frames on the contact sheet (default 6)")
+    storage_options(evaluate)
+    evaluate.set_defaults(handler=_bag_eval)
+
+    play = sub.add_parser("play", help="publish a bag over rclpy with its recorded timing (and /clock)")
+    play.add_argument("bag")
+    play.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
+    play.add_argument("--loop", action="store_true", help="start again at the end until Ctrl-C")
+    play.add_argument("--start-offset", type=float, default=0.0, help="skip the first seconds of the bag")
+    play.add_argument("--topics", nargs="+", default=[], help="topics to play (default: all)")
+    play.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="publish FROM on TO")
+    play.add_argument(
+        "--clock",
+        type=float,
+        nargs="?",
+        const=100.0,
+        default=0.0,
+        metavar="HZ",
+        help="publish /clock (default 100 Hz when given) for use_sim_time",
+    )
+    play.add_argument("--qos", choices=("reliable", "sensor_data"), default="reliable")
+    play.add_argument(
+        "--wait-for-subscribers",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for a subscriber on every topic before playing",
+    )
+    play.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], help="rclpy arguments (last)")
+    play.set_defaults(handler=_bag_play)
+
+    record = sub.add_parser("record", help="record the node's outputs (or --topic ...) into a bag")
+    record.add_argument("--out", required=True, help="bag folder to create")
+    record.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="NAME:TYPE",
+        help="e.g. /fused/image:sensor_msgs/msg/Image (default: the node's fused/* outputs)",
+    )
+    record.add_argument("--namespace", default="", help="namespace of the node's outputs")
+    record.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
+    record.add_argument("--count", type=int, default=0, help="stop after N fused images (+0.5 s grace)")
+    record.add_argument("--idle-timeout", type=float, default=0.0, help="stop S seconds after the last message")
+    record.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
+    record.add_argument("--ready-file", help="create this file once subscribed (scripts)")
+    storage_options(record)
+    record.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], help="rclpy arguments (last)")
+    record.set_defaults(handler=_bag_record)
+
+
+def _bag_make(args: argparse.Namespace) -> int:
+    from .bags import MakeOptions, make_bag
+
+    options = MakeOptions(
+        rate=args.rate,
+        offset=args.offset,
+        jitter=args.jitter,
+        seed=args.seed,
+        start_time=args.start_time,
+        count=args.count,
+        loop=args.loop,
+        resize=args.resize,
+        max_width=args.max_width,
+        thermal_encoding=args.thermal_encoding,
+        rgb_encoding=args.rgb_encoding,
+        thermal_compression=args.thermal_compression,
+        rgb_compression=args.rgb_compression,
+        jpeg_quality=args.jpeg_quality,
+        thermal_topic=args.thermal_topic,
+        rgb_topic=args.rgb_topic,
+        thermal_frame=args.thermal_frame,
+        rgb_frame=args.rgb_frame,
+        distro=args.distro,
+        storage=args.storage,
+        version=args.bag_version,
+    )
+    summary = make_bag(args.pairs, args.out, options, overwrite=args.overwrite)
+    print(
+        f"wrote {summary['path']}: {summary['frames_per_topic']} frames per topic from {summary['pairs']} pairs, "
+        f"{summary['duration_s']:.2f} s, {summary['storage']} v{summary['version']} ({summary['distro']}), "
+        f"{summary['bytes'] / 1e6:.2f} MB"
+    )
+    for topic, msgtype in summary["topics"].items():
+        print(f"  {topic}  {msgtype}")
+    return 0
+
+
+def _bag_info(args: argparse.Namespace) -> int:
+    from .bags import bag_info
+
+    info = bag_info(args.bag)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"{info['path']}: {info['storage']} v{info['version']}, {info['message_count']} messages, "
+        f"{info['duration_s']:.3f} s"
+    )
+    for topic, entry in sorted(info["topics"].items()):
+        extra = [
+            f"{k}={entry[k]}"
+            for k in (
+                "encoding",
+                "format",
+                "width",
+                "height",
+                "frame_id",
+                "rate_hz",
+                "stamps_backwards",
+                "stamps_repeated",
+            )
+            if k in entry
+        ]
+        print(f"  {topic}  {entry['type']}  {entry['count']} msgs  " + " ".join(extra))
+    return 0
+
+
+def _bag_eval(args: argparse.Namespace) -> int:
+    from .bags import evaluate_bag
+
+    config = _config_from_args(args)
+    report = evaluate_bag(
+        args.bag,
+        args.out,
+        config,
+        thermal_topic=args.thermal_topic,
+        rgb_topic=args.rgb_topic,
+        distro=args.distro,
+        storage=args.storage,
+        version=args.bag_version,
+        metrics=not args.no_metrics,
+        sample_frames=args.samples,
+        overwrite=args.overwrite,
+        progress=print,
+    )
+    p, lat = report["pairing"], report["latency_ms"]
+    print(
+        f"pairs {p['pairs']} (thermal in {p['received']['thermal']}, RGB in {p['received']['rgb']}; unpaired "
+        f"{p['unpaired']['thermal']}/{p['unpaired']['rgb']}), fused {p['fused']}, dropped {p['dropped']}"
+    )
+    if lat["count"]:
+        print(f"latency ms p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}")
+    print(f"wrote {Path(args.out) / 'bag'} and {Path(args.out) / 'report' / 'report.md'}")
+    return 0
+
+
+def _bag_play(args: argparse.Namespace) -> int:
+    from .ros.bag_player import PlayOptions, parse_remaps, run  # rclpy only here
+
+    options = PlayOptions(
+        rate=args.rate,
+        loop=args.loop,
+        start_offset=args.start_offset,
+        topics=args.topics,
+        remap=parse_remaps(args.remap),
+        clock_hz=args.clock,
+        qos=args.qos,
+        wait_for_subscribers=args.wait_for_subscribers,
+    )
+    result = run(args.bag, options, ros_args=args.ros_args)
+    published = ", ".join(f"{topic}: {n}" for topic, n in sorted(result["published"].items())) or "nothing"
+    print(
+        f"published {published} ({result['loops']} pass(es))" + (" - interrupted" if result.get("interrupted") else "")
+    )
+    return 0
+
+
+def _bag_record(args: argparse.Namespace) -> int:
+    from .ros.bag_recorder import default_topics, parse_topics, record  # rclpy only here
+
+    topics = parse_topics(args.topic) if args.topic else default_topics(args.namespace)
+    result = record(
+        args.out,
+        topics,
+        duration=args.duration,
+        count=args.count,
+        idle_timeout=args.idle_timeout,
+        distro=args.distro,
+        storage=args.storage,
+        version=args.bag_version,
+        qos=args.qos,
+        overwrite=args.overwrite,
+        ros_args=args.ros_args,
+        ready_file=args.ready_file,
+    )
+    counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(result["counts"].items()))
+    print(f"wrote {result['path']} ({counts})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -309,8 +309,9 @@ def test_sam_grid_prompts_match_automatic_generator(tiny_sam):
     h, w = 50, 80
     prior = SamPrior(tiny_sam, points_per_side=4)
     img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(3))
-    x_resized = torch.nn.functional.interpolate(img * 255, size=prior.input_size(h, w), mode="bilinear",
-                                                align_corners=False, antialias=True)
+    x_resized = torch.nn.functional.interpolate(
+        img * 255, size=prior.input_size(h, w), mode="bilinear", align_corners=False, antialias=True
+    )
     pred = SamPredictor(tiny_sam)
     pred.set_torch_image(x_resized, (h, w))
     pts = pred.transform.apply_coords(build_point_grid(4) * np.array([[w, h]]), (h, w))
@@ -330,7 +331,8 @@ def test_sam_chunking_does_not_change_the_result(tiny_sam):
     opts = dict(points_per_side=5, pred_iou_thresh=0.0, stability_score_thresh=0.5, stability_score_offset=0.02)
     counted = []
     handle = tiny_sam.mask_decoder.register_forward_pre_hook(
-        lambda mod, args, kwargs: counted.append(kwargs["sparse_prompt_embeddings"].shape[0]), with_kwargs=True)
+        lambda mod, args, kwargs: counted.append(kwargs["sparse_prompt_embeddings"].shape[0]), with_kwargs=True
+    )
     try:
         small = SamPrior(tiny_sam, points_per_batch=7, **opts)
         small.profile = True
@@ -493,13 +495,14 @@ def test_segment_scores_and_compose():
     assert m[7, 3].item() == pytest.approx(max(sig(2.0), 0.25 * sig(100 / 90)), abs=1e-6)
     assert m[3, 3].item() == pytest.approx(0.25 * sig(100 / 90), abs=1e-6)
     # max, not sum: a duplicate segment changes nothing
-    m_dup = compose_segments(torch.cat([segs, segs[:1]]), torch.cat([scores, scores[:1]]),
-                             threshold=thr, softness=soft)
+    m_dup = compose_segments(torch.cat([segs, segs[:1]]), torch.cat([scores, scores[:1]]), threshold=thr, softness=soft)
     torch.testing.assert_close(m_dup, m)
     # keep mask drops segments; merging chunks with max equals merging all at once
     m_keep = compose_segments(segs, scores, threshold=thr, softness=soft, keep=torch.tensor([False, True, True]))
     assert m_keep[0, 0].item() == pytest.approx(0.0)
-    parts = torch.maximum(compose_segments(segs[:1], scores[:1], threshold=thr, softness=soft),
-                          compose_segments(segs[1:], scores[1:], threshold=thr, softness=soft))
+    parts = torch.maximum(
+        compose_segments(segs[:1], scores[:1], threshold=thr, softness=soft),
+        compose_segments(segs[1:], scores[1:], threshold=thr, softness=soft),
+    )
     torch.testing.assert_close(parts, m)
     assert compose_segments(torch.zeros(0, h, w), torch.zeros(0), threshold=thr, softness=soft).shape == (h, w)

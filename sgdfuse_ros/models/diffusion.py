@@ -77,21 +77,30 @@ class NoiseSchedule:
     def num_timesteps(self) -> int:
         return self.config.num_timesteps
 
-    def abar(self, t: Tensor) -> Tensor:
-        """alphas_cumprod at integer timesteps ``t`` (any shape, long) -> float32 tensor on ``t.device``."""
+    def _lookup(self, table: np.ndarray, t: Tensor) -> Tensor:
         if t.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"timesteps must be integer tensors, got {t.dtype}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
             raise ValueError(f"timesteps must lie in [0, {self.num_timesteps - 1}], got {t.tolist()}")
-        table = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)
-        return table[t.cpu()].to(device=t.device, dtype=torch.float32)
+        return torch.as_tensor(table)[t.cpu()].to(device=t.device, dtype=torch.float32)
+
+    def abar(self, t: Tensor) -> Tensor:
+        """alphas_cumprod at integer timesteps ``t`` (any shape, long) -> float32 tensor on ``t.device``."""
+        return self._lookup(self.alphas_cumprod, t)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """Forward process q(x_t | x0): x0 [N,C,H,W], noise like x0, t [N] long -> x_t [N,C,H,W]."""
+        """Forward process q(x_t | x0): x0 [N,C,H,W], noise like x0, t [N] long -> x_t [N,C,H,W].
+
+        sqrt(abar) and sqrt(1 - abar) are taken in float64 before the cast: 1 - abar in float32 loses most digits
+        near t = 0 (abar_0 = 1 - 1e-6).
+        """
         if t.dim() != 1 or t.shape[0] != x0.shape[0]:
             raise ValueError(f"t must be [N] with N = {x0.shape[0]}, got {tuple(t.shape)}")
-        abar = self.abar(t.to(x0.device)).view(-1, *([1] * (x0.dim() - 1)))
-        return abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        t = t.to(x0.device)
+        signal = self._lookup(np.sqrt(self.alphas_cumprod), t).view(shape)
+        sigma = self._lookup(np.sqrt(1.0 - self.alphas_cumprod), t).view(shape)
+        return signal * x0 + sigma * noise
 
     def start_timestep(self, strength: float) -> int:
         """The timestep a sampler with ``strength`` in (0, 1] starts from: round(strength * T) - 1, at least 0."""
@@ -157,6 +166,7 @@ class DDIMSampler:
     def __init__(self, schedule: NoiseSchedule, steps: int = 4, strength: float = 0.5) -> None:
         self.schedule = schedule
         self.timesteps = sampling_timesteps(schedule, steps, strength)
+        self._abar = [float(a) for a in schedule.alphas_cumprod]
         self.steps = steps
         self.strength = strength
 
@@ -165,15 +175,15 @@ class DDIMSampler:
         x_start = x_start.float()
         n = x_start.shape[0]
         noise = seeded_noise(tuple(x_start.shape), seed, x_start.device, torch.float32)
-        abar = self.schedule.alphas_cumprod
+        abar = self._abar
         t0 = self.timesteps[0]
         x = abar[t0] ** 0.5 * x_start + (1.0 - abar[t0]) ** 0.5 * noise
         x0_hat = x_start
         for i, t in enumerate(self.timesteps):
             t_batch = torch.full((n,), t, dtype=torch.long, device=x_start.device)
             x0_hat = predict_x0(x, t_batch).float()
-            abar_prev = abar[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
-            x = ddim_step(x, x0_hat, float(abar[t]), float(abar_prev))
+            if i + 1 < len(self.timesteps):
+                x = ddim_step(x, x0_hat, abar[t], abar[self.timesteps[i + 1]])
         return x0_hat
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ __all__ = [
     "SaliencyParams",
     "gaussian_blur",
     "ir_score_map",
+    "luminance",
     "robust_stats",
     "soft_threshold",
     "vis_score_map",
@@ -159,19 +161,25 @@ def robust_stats(x: Tensor, scale_floor: float = 0.0) -> tuple[Tensor, Tensor]:
     return med.view(-1, 1, 1, 1), scale.view(-1, 1, 1, 1)
 
 
+@lru_cache(maxsize=16)
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(sobel_x [1,1,3,3], sobel_y [1,1,3,3], luma [1,3,1,1]) on ``device``; cached so that a GPU
+    frame does not pay host-to-device copies for them."""
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=dtype) / 8.0
+    luma = torch.tensor(_LUMA, dtype=dtype).view(1, 3, 1, 1)
+    return (k.view(1, 1, 3, 3).to(device), k.t().contiguous().view(1, 1, 3, 3).to(device), luma.to(device))
+
+
 def _sobel(y: Tensor) -> tuple[Tensor, Tensor]:
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=y.device, dtype=y.dtype)
-    k = k / 8.0
+    """Sobel derivatives (normalised by 8: unit step -> 0.5) of y [N,1,H,W], replicate borders."""
+    kx, ky, _ = _constants(y.device, y.dtype)
     yp = F.pad(y, (1, 1, 1, 1), mode="replicate")
-    gx = F.conv2d(yp, k.view(1, 1, 3, 3))
-    gy = F.conv2d(yp, k.t().contiguous().view(1, 1, 3, 3))
-    return gx, gy
+    return F.conv2d(yp, kx), F.conv2d(yp, ky)
 
 
 def luminance(rgb: Tensor) -> Tensor:
     """BT.601 luma. rgb [N,3,H,W] in [0,1] -> [N,1,H,W] in [0,1]."""
-    w = torch.tensor(_LUMA, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
-    return (rgb * w).sum(dim=1, keepdim=True)
+    return (rgb * _constants(rgb.device, rgb.dtype)[2]).sum(dim=1, keepdim=True)
 
 
 def ir_score_map(thermal: Tensor, params: SaliencyParams | None = None) -> Tensor:
