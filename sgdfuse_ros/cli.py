@@ -2,7 +2,8 @@
 
     sgdfuse fuse --thermal ir.png --rgb vis.png --out fused.png
     sgdfuse fuse --pairs samples/pairs --out out/fused          # folder with ir/ and vi/ (matched by stem)
-    sgdfuse bag make|info|eval|play|record ...                  # rosbag2 workflow (docs/bags.md)
+    sgdfuse bag make|info|eval|compare|play|record ...          # rosbag2 workflow (docs/bags.md)
+    sgdfuse evaluate --data DIR [--peers DIR] [--ablations]    # metrics vs baselines/peers (docs/evaluation.md)
 
 Options --config (a ROS parameter file such as config/fuse.yaml) and --set section.key=value
 configure the same FuseConfig the ROS node uses.
@@ -142,7 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--timings", help="write per-pair stage timings (ms) to this JSON file")
     fuse.set_defaults(handler=_fuse_command)
     _add_bag_commands(commands)
+    from .evaluation.run import add_arguments as add_evaluate_arguments  # no torch import at parser build time
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a dataset folder vs baselines, peers, ablations")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate_command)
     return parser
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .evaluation.run import evaluate_command  # torch and the pipeline only when evaluating
+
+    return evaluate_command(args, _config_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,7 +174,7 @@ def _add_bag_commands(commands: argparse._SubParsersAction) -> None:
     # Literal defaults (bags.DEFAULT_*): importing sgdfuse_ros.bags here would slow down every command.
     DEFAULT_THERMAL_TOPIC, DEFAULT_RGB_TOPIC, DEFAULT_START_TIME = "/thermal/image", "/rgb/image", 1_700_000_000.0
     DISTROS = ("kilted", "jazzy", "humble")
-    bag = commands.add_parser("bag", help="rosbag2 workflow: make, info, eval, play, record (docs/bags.md)")
+    bag = commands.add_parser("bag", help="rosbag2 workflow: make, info, eval, compare, play, record (docs/bags.md)")
     sub = bag.add_subparsers(dest="bag_command", required=True)
 
     def storage_options(p: argparse.ArgumentParser) -> None:
@@ -220,6 +232,12 @@ def _add_bag_commands(commands: argparse._SubParsersAction) -> None:
     storage_options(evaluate)
     evaluate.set_defaults(handler=_bag_eval)
 
+    compare = sub.add_parser("compare", help="compare two output bags frame by frame (record vs eval)")
+    compare.add_argument("live", help="bag from `sgdfuse bag record` (or any bag with fused/* topics)")
+    compare.add_argument("offline", help="bag/ folder written by `sgdfuse bag eval`")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(handler=_bag_compare)
+
     play = sub.add_parser("play", help="publish a bag over rclpy with its recorded timing (and /clock)")
     play.add_argument("bag")
     play.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0)")
@@ -259,9 +277,15 @@ def _add_bag_commands(commands: argparse._SubParsersAction) -> None:
     record.add_argument("--namespace", default="", help="namespace of the node's outputs")
     record.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
     record.add_argument("--count", type=int, default=0, help="stop after N fused images (+0.5 s grace)")
-    record.add_argument("--idle-timeout", type=float, default=0.0, help="stop S seconds after the last message")
+    record.add_argument(
+        "--idle-timeout", type=float, default=0.0, help="stop S seconds after the last --count-topic message"
+    )
+    record.add_argument("--count-topic", help="topic for --count / --idle-timeout (default: the fused image)")
     record.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
-    record.add_argument("--ready-file", help="create this file once subscribed (scripts)")
+    record.add_argument(
+        "--wait-for-publishers", type=float, default=0.0, metavar="S", help="first wait up to S s for every publisher"
+    )
+    record.add_argument("--ready-file", help="create this file once listening (after --wait-for-publishers)")
     storage_options(record)
     record.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], help="rclpy arguments (last)")
     record.set_defaults(handler=_bag_record)
@@ -363,6 +387,31 @@ def _bag_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bag_compare(args: argparse.Namespace) -> int:
+    from .bags import compare_outputs
+
+    result = compare_outputs(args.live, args.offline)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for topic, entry in result["topics"].items():
+        line = f"{topic}: live {entry['live']}, offline {entry['offline']}, common stamps {entry['common']}"
+        if "max_abs_diff" in entry:
+            line += (
+                f"; max |diff| {entry['max_abs_diff']}, worst frame {entry['max_fraction_differing'] * 100:.3f}% "
+                f"pixels differ, mean |diff| {entry['mean_abs_diff']:.4f}"
+            )
+        if "last_common_counters" in entry:
+            line += "; last counters (live, offline): " + ", ".join(
+                f"{k} {v[0]}/{v[1]}" for k, v in entry["last_common_counters"].items()
+            )
+        print(line)
+    for side in ("live", "offline"):
+        if result[f"topics_only_{side}"]:
+            print(f"only in {side}: {', '.join(result[f'topics_only_{side}'])}")
+    return 0
+
+
 def _bag_play(args: argparse.Namespace) -> int:
     from .ros.bag_player import PlayOptions, parse_remaps, run  # rclpy only here
 
@@ -393,6 +442,7 @@ def _bag_record(args: argparse.Namespace) -> int:
         topics,
         duration=args.duration,
         count=args.count,
+        count_topic=args.count_topic,
         idle_timeout=args.idle_timeout,
         distro=args.distro,
         storage=args.storage,
@@ -401,6 +451,7 @@ def _bag_record(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         ros_args=args.ros_args,
         ready_file=args.ready_file,
+        wait_for_publishers=args.wait_for_publishers,
     )
     counts = ", ".join(f"{topic}: {n}" for topic, n in sorted(result["counts"].items()))
     print(f"wrote {result['path']} ({counts})")

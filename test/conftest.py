@@ -36,9 +36,12 @@ def _missing_packages() -> list[str]:
     missing = []
     for name in DOUBLED_PACKAGES:
         try:
-            found = importlib.util.find_spec(name) is not None
+            spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
-            found = False
+            spec = None
+        # A namespace package is not the real thing: the repository's own launch/ folder (no
+        # __init__.py) looks like one when the repository root is on sys.path (python -m pytest).
+        found = spec is not None and spec.origin not in (None, "namespace")
         if not found:
             missing.append(name)
     return missing

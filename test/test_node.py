@@ -38,8 +38,8 @@ from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from sgdfuse_ros.msg import FusionStats  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -224,11 +224,13 @@ def live(stage1_weights):
         "node.diagnostics_period": 0.5,
         "node.publish_preliminary": True,
     }
+    # Standard QoS override parameter of one input topic (must reach only that subscription).
+    qos_override = {f"qos_overrides.{NAMESPACE}/thermal/image.subscription.depth": 20}
     node = FusionNode(
         NODE_NAME,
         namespace=NAMESPACE,
         context=context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+        parameter_overrides=[Parameter(k, value=v) for k, v in {**overrides, **qos_override}.items()],
     )
     probe = Probe(context, NAMESPACE, NODE_NAME)
     executor = MultiThreadedExecutor(num_threads=3, context=context)
@@ -238,6 +240,7 @@ def live(stage1_weights):
     spinner.start()
     reference = FusionPipeline.from_config(FuseConfig().updated(overrides))
     live = Live(node, probe, reference, _load_images())
+    live.context, live.executor, live.overrides = context, executor, overrides
     try:
         _wait_for(
             lambda: (
@@ -284,6 +287,17 @@ def test_parameters_are_declared_with_descriptors(live) -> None:
     assert node.get_parameter("node.diagnostics_period").value == 0.5
     assert node.config.node.input_qos == "reliable"
     assert node.get_parameter("thermal.counts_min").value == FuseConfig().thermal.counts_min
+
+
+def test_input_qos_and_qos_override_parameters(live) -> None:
+    subscriptions = {s.topic_name: s.qos_profile for s in live.node.subscriptions}
+    thermal, rgb = subscriptions[f"{NAMESPACE}/thermal/image"], subscriptions[f"{NAMESPACE}/rgb/image"]
+    assert thermal.reliability == rgb.reliability == ReliabilityPolicy.RELIABLE  # node.input_qos: reliable
+    assert thermal.depth == 20 and rgb.depth == 10  # the override applies to its topic only
+    assert qos_profile_sensor_data.depth == 5  # rclpy's shared profile is left alone
+    published = {p.topic_name: p.qos_profile for p in live.node.publishers}
+    assert published[f"{NAMESPACE}/fused/image"].reliability == ReliabilityPolicy.RELIABLE
+    assert published[f"{NAMESPACE}/fused/image"].depth == 10
 
 
 def test_diagnostics_report_prior_and_device(live) -> None:
@@ -333,6 +347,69 @@ def test_thermal_of_different_size_fuses_at_rgb_size(live) -> None:
         lambda: live.probe.outputs["mask/vis"].get(_ns(stamp)), what="mask"
     )
     assert (mask.height, mask.width) == (120, 160)
+
+
+def test_compressed_inputs(live) -> None:
+    """node.thermal_compressed / node.rgb_compressed: 16-bit PNG thermal and JPEG RGB CompressedImage."""
+    namespace, name = "/compressed", "sgdfuse_compressed"
+    overrides = {**live.overrides, "node.thermal_compressed": True, "node.rgb_compressed": True}
+    node = FusionNode(
+        name,
+        namespace=namespace,
+        context=live.context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+    )
+    probe, reliable = live.probe, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    thermal_pub = probe.create_publisher(CompressedImage, f"{namespace}/thermal/image", reliable)
+    rgb_pub = probe.create_publisher(CompressedImage, f"{namespace}/rgb/image", reliable)
+    fused: dict[int, Image] = {}
+    subscription = probe.create_subscription(
+        Image, f"{namespace}/fused/image", lambda m: fused.setdefault(_ns(m.header.stamp), m), reliable
+    )
+    live.executor.add_node(node)
+    try:
+        _wait_for(
+            lambda: (
+                thermal_pub.get_subscription_count() >= 1
+                and rgb_pub.get_subscription_count() >= 1
+                and node._pub_fused.get_subscription_count() >= 1
+            ),
+            what="discovery of the compressed-input node",
+        )
+        ok_png, png = cv2.imencode(".png", live.images["thermal16"])
+        ok_jpg, jpeg = cv2.imencode(".jpg", cv2.cvtColor(live.images["rgb"], cv2.COLOR_RGB2BGR))
+        assert ok_png and ok_jpg
+        stamp = live.stamp()
+        thermal = CompressedImage(format="mono16; png compressed")
+        thermal.header = Header(stamp=stamp, frame_id="thermal")
+        thermal.data = png.tobytes()
+        rgb = CompressedImage(format="rgb8; jpeg compressed bgr8")
+        rgb.header = Header(stamp=stamp, frame_id="rgb_camera")
+        rgb.data = jpeg.tobytes()
+        thermal_pub.publish(thermal)
+        rgb_pub.publish(rgb)
+        out = _wait_for(lambda: fused.get(_ns(stamp)), what="fused image from compressed inputs")
+        assert (out.height, out.width, out.header.frame_id) == (120, 160, "rgb_camera")
+        # 16 bits survived the PNG round trip: same result as the pipeline on the decoded arrays.
+        decoded_bgr = cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED)
+        expected = live.reference.fuse(live.images["thermal16"], decoded_bgr, "mono16", "bgr8")
+        assert np.abs(_pixels(out).astype(int) - expected.fused.astype(int)).max() <= 1
+    finally:
+        live.executor.remove_node(node)
+        node.destroy_node()
+        probe.destroy_subscription(subscription)
+        probe.destroy_publisher(thermal_pub)
+        probe.destroy_publisher(rgb_pub)
+
+
+def test_pair_publisher_mono16_maps_back_with_the_default_config() -> None:
+    from sgdfuse_ros.imaging import ThermalScaler
+
+    thermal8, _ = load_pair(PAIRS / "ir" / "FLIR_04598.jpg", PAIRS / "vi" / "FLIR_04598.jpg", "mono8", (160, 120))
+    counts = counts_from_mono8(thermal8)
+    assert counts.dtype == np.uint16 and counts.min() >= 27000 and counts.max() <= 33000
+    scaled = ThermalScaler(FuseConfig().thermal).scale(counts, "mono16")
+    assert np.abs(scaled - thermal8 / 255.0).max() < 1e-3
 
 
 def test_full_size_640x480_pair(live) -> None:
@@ -443,6 +520,10 @@ def test_unpaired_messages_are_counted_per_topic(live) -> None:
     _, before = live.fuse_good_pair()
     lonely_thermal, _ = live.pair(live.stamp())
     live.send(lonely_thermal, None)
+    # Wait for it to arrive: the two topics are not ordered with respect to each other, and the rule
+    # needs an RGB message *after* it (one arriving earlier with a later stamp leaves it pending).
+    received = live.node.counters
+    _wait_for(lambda: received()["received_thermal"] == before.received_thermal + 1, what="the lonely thermal")
     _, after_thermal = live.fuse_good_pair()  # its RGB is > slop later than the lonely thermal
     assert after_thermal.unpaired_thermal == before.unpaired_thermal + 1
     assert after_thermal.unpaired_rgb == before.unpaired_rgb
@@ -455,6 +536,13 @@ def test_unpaired_messages_are_counted_per_topic(live) -> None:
     # A partner outside the slop does not pair either: thermal 0.2 s after the rgb.
     late = Time(sec=lonely_rgb.header.stamp.sec, nanosec=lonely_rgb.header.stamp.nanosec + 200_000_000)
     live.send(live.pair(late)[0], None)
+    _wait_for(
+        lambda: (
+            received()["received_rgb"] == after_thermal.received_rgb + 1
+            and received()["received_thermal"] == after_thermal.received_thermal + 1
+        ),
+        what="the lonely rgb and the late thermal",
+    )
     _, after_rgb = live.fuse_good_pair()
     assert after_rgb.unpaired_rgb == before.unpaired_rgb + 1
     assert after_rgb.unpaired_thermal == before.unpaired_thermal + 2
@@ -541,7 +629,8 @@ def test_repeated_cuda_oom_moves_the_pipeline_to_the_cpu(live, monkeypatch) -> N
     for k in range(3):
         live.send(*live.pair(live.stamp()))
         _wait_for(lambda k=k: live.dropped("cuda_oom") == before + k + 1, what=f"OOM drop {k + 1}")
-    assert pipeline.device == torch.device("cpu")
+    # The move follows the third drop in the worker thread.
+    _wait_for(lambda: pipeline.device == torch.device("cpu"), what="the pipeline to move to the CPU")
     _, stats = live.fuse_good_pair()
     assert stats.device == "cpu"
     _wait_for(lambda: live.probe.log_lines("to the CPU after 3 consecutive CUDA out-of-memory"), what="move log")
@@ -579,12 +668,34 @@ def test_pipeline_errors_are_dropped_and_raise_diagnostics_to_error(live, monkey
     assert dict(zip(stats.dropped_reasons, stats.dropped_counts, strict=True))["pipeline_error"] == before + 3
 
 
+def test_worker_survives_a_publish_error(live, monkeypatch) -> None:
+    publisher = live.node._pub_mask_ir
+    real_publish = publisher.publish
+    failed = []
+
+    def publish_once_broken(msg):
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("middleware refused the message")
+        return real_publish(msg)
+
+    monkeypatch.setattr(publisher, "publish", publish_once_broken)
+    before = live.node.counters()
+    stamp = live.stamp()
+    live.send(*live.pair(stamp))
+    _wait_for(lambda: live.dropped("pipeline_error") == before["dropped_by_reason"].get("pipeline_error", 0) + 1)
+    _, stats = live.fuse_good_pair()  # the worker thread is still alive
+    assert stats.fused == before["fused"] + 1  # the broken frame was not counted as fused
+    assert stats.paired == stats.fused + stats.dropped  # every pair accounted for (none in flight now)
+
+
 def test_diagnostics_fields(live) -> None:
+    seen = len(live.probe.diagnostics)
     live.fuse_good_pair()
     fused_status = _wait_for(
         lambda: [
             s
-            for s in list(live.probe.diagnostics)
+            for s in list(live.probe.diagnostics)[seen:]
             if float({kv.key: kv.value for kv in s.values}["fused rate (Hz)"]) > 0
         ],
         what="a diagnostics period with a fused frame",
@@ -645,9 +756,19 @@ def test_dynamic_parameters_validated_and_applied(live) -> None:
         assert scaler.config.counts_max == 34000.0 and isinstance(node.get_parameter("thermal.counts_max").value, float)
         (ok,) = _set_parameters(live, **{"node.log_throttle": 2.5})
         assert ok.successful and node._throttle.period == 2.5
-        # The change reaches the frames: a mono16 pair now scales with 26000-34000.
-        _, stats = live.fuse_good_pair()
-        assert stats.fused >= 1
+        # The change reaches the frames: a mono16 pair is now scaled with 26000-34000.
+        fused, _ = live.fuse_good_pair()
+        reference = live.reference
+        default_thermal = reference.thermal_scaler.config
+        reference.thermal_scaler.config = node.config.thermal
+        try:
+            expected = reference.fuse(live.images["thermal16"], live.images["rgb"], "mono16", "rgb8")
+        finally:
+            reference.thermal_scaler.config = default_thermal
+        assert np.abs(_pixels(fused).astype(int) - expected.fused.astype(int)).max() <= 1
+        prepared, _ = node.pipeline.prepare(live.images["thermal16"], live.images["rgb"], "mono16", "rgb8")
+        counts = live.images["thermal16"].astype(np.float32)
+        np.testing.assert_allclose(prepared, np.clip((counts - 26000.0) / 8000.0, 0, 1), atol=1e-6)
         # Rejected: cross-field rule, choices, range, read-only, type. Nothing changes.
         rejections = {
             "thermal.counts_min": (40000.0, "must be greater than thermal.counts_min"),
@@ -795,8 +916,10 @@ def test_process_end_to_end_with_pair_publisher(stage1_weights) -> None:
         assert "semantic prior: fallback" in fusion_output
         assert "no prior.sam_checkpoint configured" in fusion_output
         assert fusion_output.count("semantic prior:") == 1
+        assert "first fused frame: 160x120" in fusion_output
         if not torch.cuda.is_available():
-            assert "CUDA requested ('cuda') but not available" in fusion_output
+            assert fusion_output.count("CUDA requested ('cuda') but not available") == 1  # warned once
+            assert "[WARN]" in fusion_output.split("CUDA requested")[0].splitlines()[-1]
     finally:
         for process in (fusion, publisher):
             if process.poll() is None:

@@ -133,7 +133,7 @@ def test_fallback_masks_cover_a_sensible_share_and_mark_warm_targets(pipeline):
         registered = cv2.resize(thermal, visible.shape[1::-1]).astype(float)
         inside = registered[result.mask_ir > 127].mean()
         outside = registered[result.mask_ir <= 127].mean()
-        assert inside > outside + 20, (stem, inside, outside)
+        assert inside >= 1.5 * outside, (stem, inside, outside)  # warm targets, as in test_priors
 
 
 def test_shipped_stage1_beats_the_pixel_average_on_held_out_pairs(pipeline):

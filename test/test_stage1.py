@@ -263,7 +263,11 @@ def _train(argv: list[str]) -> dict | None:
     from sgdfuse_ros.training.__main__ import build_parser
 
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    threads = torch.get_num_threads()
+    try:
+        return args.func(args)
+    finally:
+        torch.set_num_threads(threads)  # training sets its own thread count; leave the test process as it was
 
 
 def test_list_pairs_excludes_held_out_names(tmp_path):

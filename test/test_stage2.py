@@ -101,8 +101,8 @@ def test_unet_output_depends_on_the_timestep():
         c = unet(x, torch.tensor([900]))
     assert [f.shape[-2:] for f in a] == [(8, 12), (16, 24)]  # coarse to fine
     assert [f.shape[1] for f in a] == [16, 8]
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert all((p - q).abs().mean() > 1e-3 for p, q in zip(a, c))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert all((p - q).abs().mean() > 1e-3 for p, q in zip(a, c, strict=True))
 
 
 def test_hfah_shapes_range_and_residual():
@@ -268,8 +268,18 @@ def train_args(tmp: Path, out: str, **overrides) -> argparse.Namespace:
     add_arguments(parser)
     args = parser.parse_args(["--out", str(tmp / out)])
     defaults = dict(
-        data=str(tmp / "data"), exclude=[], stage1_weights=str(tmp / "stage1.pt"), cache=str(tmp / "cache"),
-        iters=4, batch=2, crop=32, base_channels=8, channel_mults=[1, 2], log_every=1, save_every=1, warmup=2,
+        data=str(tmp / "data"),
+        exclude=[],
+        stage1_weights=str(tmp / "stage1.pt"),
+        cache=str(tmp / "cache"),
+        iters=4,
+        batch=2,
+        crop=32,
+        base_channels=8,
+        channel_mults=[1, 2],
+        log_every=1,
+        save_every=1,
+        warmup=2,
     )
     defaults.update(overrides)
     for key, value in defaults.items():
@@ -304,7 +314,7 @@ def test_training_builds_the_cache_resumes_and_exports(train_dir):
     assert manifest["names"] == list(TRAIN_PAIRS) and manifest["prior"] == "fallback"
     with np.load(train_dir / "cache" / f"{TRAIN_PAIRS[0]}.npz") as npz:
         assert npz["f1"].shape == (*npz["ir"].shape, 3) and npz["m_ir"].shape == npz["ir"].shape
-        assert 0 <= npz["m_ir"].min() and npz["m_vis"].max() <= 1
+        assert npz["m_ir"].min() >= 0 and npz["m_vis"].max() <= 1
     assert [r["step"] for r in read_log(train_dir / "run" / "losses.jsonl")] == [1, 2]
     with pytest.raises(SystemExit, match="--resume"):
         train_stage2(train_args(train_dir, "run"))
@@ -339,8 +349,21 @@ def test_training_refuses_a_cache_built_from_other_weights(train_dir):
 
 def test_training_needs_neither_segment_anything_nor_rosbags(train_dir):
     train_stage2_args = [
-        "--out", str(train_dir / "no_sam"), "--cache", str(train_dir / "cache"), "--iters", "1", "--batch", "1",
-        "--crop", "32", "--base-channels", "8", "--channel-mults", "1", "2",
+        "--out",
+        str(train_dir / "no_sam"),
+        "--cache",
+        str(train_dir / "cache"),
+        "--iters",
+        "1",
+        "--batch",
+        "1",
+        "--crop",
+        "32",
+        "--base-channels",
+        "8",
+        "--channel-mults",
+        "1",
+        "2",
     ]
     code = (
         "import sys; sys.modules.update({'segment_anything': None, 'rosbags': None, 'rosbags.image': None});"
@@ -364,10 +387,30 @@ def test_ddp_two_gloo_processes(train_dir):
     ensure_cache(train_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "sgdfuse_ros.training.stage2",
-        "--out", str(train_dir / "ddp"), "--cache", str(train_dir / "cache"), "--iters", "2", "--batch", "2",
-        "--crop", "32", "--base-channels", "8", "--channel-mults", "1", "2", "--log-every", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "sgdfuse_ros.training.stage2",
+        "--out",
+        str(train_dir / "ddp"),
+        "--cache",
+        str(train_dir / "cache"),
+        "--iters",
+        "2",
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--base-channels",
+        "8",
+        "--channel-mults",
+        "1",
+        "2",
+        "--log-every",
+        "1",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

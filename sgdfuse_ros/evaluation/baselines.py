@@ -100,7 +100,7 @@ def laplacian_pyramid_fusion(ir: np.ndarray, vis: np.ndarray, levels: int = 5) -
     a, b = _pair(ir, vis)
     pa = laplacian_pyramid(a, levels)
     pb = laplacian_pyramid(b, levels)
-    fused = [np.where(np.abs(la) >= np.abs(lb), la, lb) for la, lb in zip(pa[:-1], pb[:-1])]
+    fused = [np.where(np.abs(la) >= np.abs(lb), la, lb) for la, lb in zip(pa[:-1], pb[:-1], strict=True)]
     fused.append((pa[-1] + pb[-1]) / 2.0)
     return np.clip(np.round(reconstruct_laplacian_pyramid(fused)), 0.0, 255.0)
 

@@ -89,7 +89,7 @@ class HierarchicalFeatureAggregationHead(nn.Module):
             raise ValueError(f"expected {len(self.reduce)} feature levels, got {len(features)}")
         size = features[-1].shape[-2:]
         levels = []
-        for feat, attend, reduce in zip(features, self.attention, self.reduce):
+        for feat, attend, reduce in zip(features, self.attention, self.reduce, strict=True):
             x = reduce(attend(feat))
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -156,14 +156,14 @@ class UNet(nn.Module):
         temb = self.time_mlp(timestep_embedding(t, self.base_channels))
         h = self.conv_in(x)
         skips = []
-        for blocks, down in zip(self.down_blocks, self.downsamples):
+        for blocks, down in zip(self.down_blocks, self.downsamples, strict=True):
             for block in blocks:
                 h = block(h, temb)
             skips.append(h)
             h = down(h)
         h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
         features = []
-        for up, blocks, skip in zip(self.upsamples, self.up_blocks, reversed(skips)):
+        for up, blocks, skip in zip(self.upsamples, self.up_blocks, reversed(skips), strict=True):
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
             h = torch.cat([h, skip], dim=1)

@@ -75,8 +75,7 @@ class BagRecorder:
         storage, version = bags.resolve_format(distro, storage, version)
         self.staging = bags.Staging(out, overwrite=overwrite)
         self.counts = {topic: 0 for topic in self.topics}
-        self.first_time: float | None = None
-        self.last_time: float | None = None
+        self.last_time: dict[str, float] = {}  #: topic -> time.monotonic() of its last message
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -105,11 +104,26 @@ class BagRecorder:
                     return
                 self.writer.write_raw(topic, msgtype, log_time, raw)
                 self.counts[topic] += 1
-                now = time.monotonic()
-                self.first_time = now if self.first_time is None else self.first_time
-                self.last_time = now
+                self.last_time[topic] = time.monotonic()
 
         return on_message
+
+    def publisher_counts(self) -> dict[str, int]:
+        """topic -> number of publishers matched with the recorder's subscription."""
+        return {topic: sub.get_publisher_count() for topic, sub in zip(self.topics, self.subscriptions, strict=True)}
+
+    def wait_for_publishers(self, executor: Any, timeout: float) -> bool:
+        """Spin ``executor`` until every topic has a matched publisher (True) or ``timeout`` s pass (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(n > 0 for n in self.publisher_counts().values()):
+                # Matching is seen by each side on its own: give the publishers a moment to see us too.
+                end = time.monotonic() + 0.5
+                while time.monotonic() < end:
+                    executor.spin_once(timeout_sec=0.05)
+                return True
+            executor.spin_once(timeout_sec=0.05)
+        return False
 
     def finish(self) -> Path:
         """Close the bag and move it to ``out``; returns the path."""
@@ -144,13 +158,17 @@ def record(
     ros_args: Sequence[str] = (),
     node_name: str = "sgdfuse_bag_recorder",
     ready_file: str | Path | None = None,
+    wait_for_publishers: float = 0.0,
 ) -> dict:
     """rclpy.init, record until a stop condition (or Ctrl-C), keep the bag; returns counts and the path.
 
     Stop conditions (any that is set): ``duration`` seconds since the start; ``count`` messages on
     ``count_topic`` (default: the fused image topic, else the first topic) followed by a 0.5 s grace
-    period for the frame's other topics; ``idle_timeout`` seconds without a message once one arrived.
-    ``ready_file`` is created once the subscriptions exist (for scripts and tests).
+    period for the frame's other topics; ``idle_timeout`` seconds without a message on ``count_topic`` once
+    one arrived there (periodic topics such as /diagnostics would otherwise keep it going).
+    ``wait_for_publishers``: first wait up to this long until every topic has a matched publisher, so
+    that nothing published right after start-up is missed. ``ready_file`` is created after that (for
+    scripts and tests that start the publishing side only when the recorder listens).
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -171,6 +189,9 @@ def record(
                 count_topic = fused[0] if fused else next(iter(topics))
             if count_topic not in topics:
                 raise ValueError(f"count topic '{count_topic}' is not recorded ({', '.join(topics)})")
+            if wait_for_publishers > 0 and not recorder.wait_for_publishers(executor, wait_for_publishers):
+                lonely = [t for t, n in recorder.publisher_counts().items() if n == 0]
+                node.get_logger().warning(f"no publisher after {wait_for_publishers:g} s on: {', '.join(lonely)}")
             if ready_file:
                 Path(ready_file).write_text("recording\n")
             node.get_logger().info(f"recording {', '.join(topics)} into {recorder.staging.dest}")
@@ -187,7 +208,8 @@ def record(
                         count_reached_at = now
                     if count_reached_at is not None and now - count_reached_at >= 0.5:
                         break
-                    if idle_timeout > 0 and recorder.last_time is not None and now - recorder.last_time >= idle_timeout:
+                    last = recorder.last_time.get(count_topic)
+                    if idle_timeout > 0 and last is not None and now - last >= idle_timeout:
                         break
             except (KeyboardInterrupt, ExternalShutdownException):
                 interrupted = True  # Ctrl-C ends a recording normally: keep what was recorded

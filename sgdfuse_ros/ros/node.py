@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -83,6 +84,33 @@ class StartupError(RuntimeError):
     """The node cannot start (invalid parameter, missing weights...); the message says what and where."""
 
 
+class _RosLogHandler(logging.Handler):
+    """Forwards the library's Python logging (``sgdfuse_ros.*``) to the node's ROS logger (and /rosout).
+
+    Without it a library warning (e.g. the pipeline's CUDA fallback note) goes to Python's
+    last-resort stderr handler, unformatted and invisible in /rosout.
+    """
+
+    def __init__(self, ros_logger: Any) -> None:
+        super().__init__(level=logging.INFO)
+        self._ros_logger = ros_logger
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not break the caller
+            message = str(record.msg)
+        self.messages.append(message)
+        # One call site per severity (rclpy binds a severity to each call site).
+        if record.levelno >= logging.ERROR:
+            self._ros_logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self._ros_logger.warning(message)
+        else:
+            self._ros_logger.info(message)
+
+
 # --------------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------------
@@ -135,15 +163,23 @@ def _widen(spec: ParamSpec, value: Any) -> float | list[float] | None:
 
 
 def input_qos_profile(name: str) -> QoSProfile:
-    """QoS of the image subscriptions for ``node.input_qos``."""
+    """QoS of one image subscription for ``node.input_qos``: a new object on every call.
+
+    Never share a profile between entities (or hand out rclpy's qos_profile_sensor_data itself):
+    rclpy applies the ``qos_overrides.<topic>.*`` parameters by modifying the profile it is given,
+    so an override of one topic would leak into the other one, and into the module global.
+    """
     if name == "sensor_data":
-        return qos_profile_sensor_data
+        base = qos_profile_sensor_data
+        return QoSProfile(
+            history=base.history, depth=base.depth, reliability=base.reliability, durability=base.durability
+        )
     reliability = ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(depth=10, reliability=reliability)
 
 
 def output_qos_profile(name: str) -> QoSProfile:
-    """QoS of the published images and stats for ``node.output_qos``."""
+    """QoS of one published topic for ``node.output_qos`` (a new object on every call, see input_qos_profile)."""
     reliability = ReliabilityPolicy.RELIABLE if name == "reliable" else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(depth=10, reliability=reliability)
 
@@ -239,6 +275,7 @@ class _Pair:
     thermal: Image | CompressedImage
     rgb: Image | CompressedImage
     received: float  #: time.monotonic() when the synchronizer formed the pair (arrival of the later message)
+    accounted: bool = False  #: counted as fused or dropped
 
 
 class _Mailbox:
@@ -294,21 +331,23 @@ class FusionNode(Node):
     ) -> None:
         super().__init__(node_name, **node_kwargs)
         log = self.get_logger()
+        self._log_handler = _RosLogHandler(log)
+        self._library_logger = logging.getLogger("sgdfuse_ros")
+        self._library_logger.addHandler(self._log_handler)
+        self._library_level = self._library_logger.level
+        if self._library_logger.getEffectiveLevel() > logging.INFO:
+            self._library_logger.setLevel(logging.INFO)
         try:
             self._config = self._declare_parameters()
-        except ConfigError as error:
-            log.error(f"cannot start: {error}")
+            # ConfigError is a ValueError; FileNotFoundError / ValueError from the weights and
+            # checkpoint loaders name the path.
+            self.pipeline = pipeline_factory(self._config)
+        except (OSError, ValueError, RuntimeError, ImportError) as error:
+            log.error(f"cannot start: {error}")  # one line, no traceback: the message says what and where
+            self._detach_library_logging()
+            Node.destroy_node(self)
             raise StartupError(str(error)) from None
         cfg = self._config
-        try:
-            self.pipeline = pipeline_factory(cfg)
-        except ConfigError as error:
-            log.error(f"cannot start: {error}")
-            raise StartupError(str(error)) from None
-        except (OSError, ValueError, RuntimeError, ImportError) as error:
-            # FileNotFoundError / ValueError from the weights and checkpoint loaders name the path.
-            log.error(f"cannot start: {error}")
-            raise StartupError(str(error)) from None
 
         self._accounting = PairAccounting(cfg.node.sync_slop, cfg.node.sync_queue_size)
         self._throttle = ReasonThrottle(cfg.node.log_throttle)
@@ -319,12 +358,12 @@ class FusionNode(Node):
         self._consecutive_errors = 0
         self._last_error = ""
         self._period_latencies: list[float] = []
+        self._first_frame_reported = False
         self._announce()
 
         # Inputs: both subscriptions in one mutually exclusive group so the accounting sees the
         # messages in the order the synchronizer does, whatever executor the node is spun in.
         self._input_group = MutuallyExclusiveCallbackGroup()
-        qos_in = input_qos_profile(cfg.node.input_qos)
         self._subscribers = []
         for topic_index, topic, compressed in (
             (THERMAL, "thermal/image", cfg.node.thermal_compressed),
@@ -334,7 +373,7 @@ class FusionNode(Node):
                 self,
                 CompressedImage if compressed else Image,
                 topic,
-                qos_profile=qos_in,
+                qos_profile=input_qos_profile(cfg.node.input_qos),
                 qos_overriding_options=QoSOverridingOptions.with_default_policies(),
                 callback_group=self._input_group,
             )
@@ -352,11 +391,12 @@ class FusionNode(Node):
         self._sync.registerCallback(self._on_pair)
 
         # Outputs.
-        qos_out = output_qos_profile(cfg.node.output_qos)
-
         def publisher(msg_type: type, topic: str) -> Any:
             return self.create_publisher(
-                msg_type, topic, qos_out, qos_overriding_options=QoSOverridingOptions.with_default_policies()
+                msg_type,
+                topic,
+                output_qos_profile(cfg.node.output_qos),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             )
 
         self._pub_fused = publisher(Image, "fused/image")
@@ -468,8 +508,8 @@ class FusionNode(Node):
             log.info(f"semantic prior: {prior} (checkpoint '{cfg.prior.sam_checkpoint}')")
         weights = cfg.stage1.weights or "shipped Stage I weights"
         log.info(f"Stage I: {weights}; device {self.pipeline.device}, precision {cfg.compute.precision}")
-        if self._device_note:
-            log.warning(self._device_note)
+        if self._device_note and self._device_note not in self._log_handler.messages:
+            log.warning(self._device_note)  # (the pipeline usually logged it already, forwarded above)
 
     # -- callbacks (executor thread; cheap) --------------------------------------------------------
     def _on_message(self, msg: Image | CompressedImage, topic: int) -> None:
@@ -482,7 +522,7 @@ class FusionNode(Node):
         if replaced is not None:
             self._drop(
                 "superseded",
-                replaced.rgb,
+                replaced,
                 "a newer pair arrived before the worker was free (input faster than fusion)",
                 level="info",
             )
@@ -491,8 +531,17 @@ class FusionNode(Node):
     def _work(self) -> None:
         while not self._stop.is_set():
             pair = self._mailbox.take(timeout=0.5)
-            if pair is not None and not self._stop.is_set():
+            if pair is None or self._stop.is_set():
+                continue
+            try:
                 self._process(pair)
+            except Exception as error:  # noqa: BLE001 - the worker must survive anything (e.g. a publish error)
+                if self._stop.is_set():
+                    return  # shutting down: the context is gone
+                if not pair.accounted:
+                    self._drop("pipeline_error", pair, f"{type(error).__name__}: {error}", level="error")
+                else:
+                    self.get_logger().error(f"after publishing a fused frame: {type(error).__name__}: {error}")
 
     def _process(self, pair: _Pair) -> None:
         pipeline = self.pipeline
@@ -501,7 +550,7 @@ class FusionNode(Node):
             rgb, rgb_encoding = rgb_to_array(pair.rgb)
             result = pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
         except InvalidImageError as error:
-            self._drop(error.reason, pair.rgb, str(error))
+            self._drop(error.reason, pair, str(error))
             return
         except torch.cuda.OutOfMemoryError as error:
             self._on_out_of_memory(pair, error)
@@ -510,7 +559,7 @@ class FusionNode(Node):
             with self._state_lock:
                 self._consecutive_errors += 1
                 self._last_error = f"{type(error).__name__}: {error}"
-            self._drop("pipeline_error", pair.rgb, f"{type(error).__name__}: {error}", level="error")
+            self._drop("pipeline_error", pair, f"{type(error).__name__}: {error}", level="error")
             return
         with self._state_lock:
             self._consecutive_oom = 0
@@ -527,7 +576,7 @@ class FusionNode(Node):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
         self._drop(
             "cuda_oom",
-            pair.rgb,
+            pair,
             f"CUDA out of memory on {self.pipeline.device} ({count} in a row): {first_line}",
             level="error",
         )
@@ -540,8 +589,13 @@ class FusionNode(Node):
                 self._consecutive_oom = 0
             self.get_logger().error(note)
 
-    def _drop(self, reason: str, rgb: Image | CompressedImage, message: str, level: str = "warning") -> None:
+    def _drop(self, reason: str, pair: _Pair, message: str, level: str = "warning") -> None:
+        """Count ``pair`` as dropped for ``reason`` and log it (rate-limited per reason)."""
         self._accounting.on_dropped(reason)
+        pair.accounted = True
+        self._log_drop(reason, pair.rgb, message, level)
+
+    def _log_drop(self, reason: str, rgb: Image | CompressedImage, message: str, level: str) -> None:
         allowed, suppressed = self._throttle.allow(reason)
         if not allowed:
             return
@@ -549,7 +603,15 @@ class FusionNode(Node):
         line = f"dropped pair {stamp.sec}.{stamp.nanosec:09d} ({reason}): {message}"
         if suppressed:
             line += f" [{suppressed} more '{reason}' drop(s) not logged in the last {self._throttle.period:g} s]"
-        getattr(self.get_logger(), level)(line)
+        # One call site per severity: rclpy binds a severity to each call site and raises
+        # "Logger severity cannot be changed between calls" if one line logs at two levels.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(line)
+        elif level == "info":
+            logger.info(line)
+        else:
+            logger.warning(line)
 
     def _publish(self, pair: _Pair, result: Any, device: str) -> None:
         header = pair.rgb.header
@@ -559,7 +621,14 @@ class FusionNode(Node):
         if self._pub_preliminary is not None:
             self._pub_preliminary.publish(array_to_image(result.preliminary, "rgb8", header))
         self._accounting.on_fused()
+        pair.accounted = True
         latency_ms = (time.monotonic() - pair.received) * 1000.0
+        if not self._first_frame_reported:
+            self._first_frame_reported = True
+            self.get_logger().info(
+                f"first fused frame: {result.fused.shape[1]}x{result.fused.shape[0]} on {device}, "
+                f"{result.timings_ms.get('total', 0.0):.0f} ms in the pipeline, {latency_ms:.0f} ms latency"
+            )
         with self._state_lock:
             self._period_latencies.append(latency_ms)
         counts = self._accounting.snapshot()
@@ -677,7 +746,13 @@ class FusionNode(Node):
             stop.set()
             self._mailbox.close()
             self._worker.join(timeout=10.0)
+        if getattr(self, "_log_handler", None) is not None:
+            self._detach_library_logging()
         super().destroy_node()
+
+    def _detach_library_logging(self) -> None:
+        self._library_logger.removeHandler(self._log_handler)
+        self._library_logger.setLevel(self._library_level)
 
 
 def run(args: Sequence[str] | None = None) -> int:

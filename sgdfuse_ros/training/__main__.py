@@ -1,6 +1,6 @@
 """Command line: ``python -m sgdfuse_ros.training stage1 --data DIR --out RUN [options]``.
 
-One subcommand per training stage; Stage II adds its own parser next to ``add_stage1_parser``.
+One subcommand per training stage: ``stage1`` (training/stage1.py) and ``stage2`` (training/stage2.py).
 """
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 
 from .stage1 import add_stage1_parser
+from .stage2 import add_stage2_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sgdfuse_ros.training", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     add_stage1_parser(subparsers)
+    add_stage2_arguments(subparsers)
     return parser
 
 

@@ -413,7 +413,8 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
 
     net: torch.nn.Module = model
     if ddp.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def save_last() -> None:
         state = {
@@ -463,12 +464,12 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
             elapsed = time.perf_counter() - t0
             recent = (recent + [values])[-100:]
             if log_file is not None:
-                row = {"step": step, **{k: round(v, 6) for k, v in zip(LOSS_KEYS, values)}}
+                row = {"step": step, **{k: round(v, 6) for k, v in zip(LOSS_KEYS, values, strict=True)}}
                 row.update(lr=float(f"{lr:.3e}"), elapsed_s=round(elapsed, 1))
                 log_file.write(json.dumps(row) + "\n")
                 if step % args.log_every == 0 or step == stop:
                     mean = np.mean(recent[-args.log_every :], axis=0)
-                    text = " ".join(f"{k[:5]} {m:.4f}" for k, m in zip(LOSS_KEYS, mean))
+                    text = " ".join(f"{k[:5]} {m:.4f}" for k, m in zip(LOSS_KEYS, mean, strict=True))
                     print(f"[stage2] step {step}/{args.iters} {text} lr {lr:.2e} {elapsed:.0f}s", flush=True)
                 if step % args.save_every == 0 or step == stop:
                     log_file.flush()

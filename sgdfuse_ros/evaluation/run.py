@@ -1,0 +1,755 @@
+"""`sgdfuse evaluate`: fuse a dataset folder and compare with classical baselines, published outputs and ablations.
+
+    sgdfuse evaluate --data DIR [--peers DIR/peers/<dataset>] [--limit N | --stems A,B] [--out out/eval/<name>]
+                     [--config FILE] [--set key=value ...] [--ablations] [--no-hfah-weights FILE]
+
+For every pair ``DIR/ir/<stem>.*`` + ``DIR/vi/<stem>.*`` the pipeline runs once; that one call gives our final
+output and Stage I's F1 (and the masks). Every metric of ``sgdfuse_ros.metrics`` is computed for
+
+* ours (final) and ours (F1, when a Stage II refiner is configured, otherwise final == F1);
+* the classical baselines (``baselines.BASELINES``) on the grayscale sources;
+* each peer ``<peers>/<Method>/<stem>.*`` (matched by file stem), on exactly the pairs that peer covers, next to
+  our mean on that same subset (the tables give n per row);
+* with ``--ablations``: Stage I only, Stage II with zeroed masks, Stage II without HFAH (separately trained
+  weights; "not trained" when there are none), and Stage II with the prior's masks eroded / dilated by a few
+  pixels. Stage II variants re-run only Stage II, on the very F1 and masks (float tensors) of the main run, so
+  rows differ by the ablated component alone.
+
+Metrics see images as the reference evaluator reads files (``cv2.imread`` colour -> ``metrics.to_gray``); our
+RGB outputs are converted exactly as if written to PNG and read back. Outputs go to ``--out``: ``report.md``,
+``results.json`` (means and per-image values), ``contact_sheet.png``, ``metrics_bar.png`` and, unless
+``--no-images``, the fused images under ``images/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from ..metrics import METRIC_NAMES, evaluate, to_gray
+from .baselines import BASELINES
+
+if TYPE_CHECKING:  # torch and the pipeline are imported only when fusing (the CLI stays fast to start)
+    import torch
+
+    from ..config import FuseConfig
+    from ..pipeline import FusionPipeline, Refiner
+
+__all__ = [
+    "OURS",
+    "OURS_F1",
+    "TIE_TOLERANCE",
+    "AblationVariant",
+    "MaskTransformRefiner",
+    "add_arguments",
+    "at_least",
+    "build_ablation_variants",
+    "choose_sheet_stems",
+    "evaluate_command",
+    "find_peers",
+    "morph_mask",
+    "run_evaluation",
+    "select_pairs",
+]
+
+#: "ours >= other" counts ties: ours >= other - TIE_TOLERANCE * |other| (1 %).
+TIE_TOLERANCE = 0.01
+#: Method keys of our two outputs in results.json.
+OURS = "ours"
+OURS_F1 = "ours_f1"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFAULT_MORPH_RADII = (3, 7)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pair and peer selection
+# ----------------------------------------------------------------------------------------------------------
+
+
+def select_pairs(
+    pairs: Sequence[tuple[str, Path, Path]],
+    stems: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[tuple[str, Path, Path]]:
+    """The pairs to evaluate: those named in ``stems`` (if given), then ``limit`` of them evenly spaced.
+
+    Evenly spaced over the sorted names (first and last included) rather than the first ``limit``, so that a
+    subset of e.g. MSRS mixes day (``...D``) and night (``...N``) scenes. Raises ValueError for unknown stems.
+    """
+    selected = list(pairs)
+    if stems:
+        by_stem = {p[0]: p for p in selected}
+        missing = [s for s in stems if s not in by_stem]
+        if missing:
+            raise ValueError(f"--stems not found as pairs in the data folder: {', '.join(missing)}")
+        selected = [by_stem[s] for s in sorted(set(stems))]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
+        if limit < len(selected):
+            index = np.round(np.linspace(0, len(selected) - 1, limit)).astype(int)
+            selected = [selected[i] for i in index]
+    return selected
+
+
+def find_peers(peers_dir: str | Path | None, stems: Sequence[str]) -> dict[str, dict[str, Path]]:
+    """``{method: {stem: path}}`` for each ``peers_dir/<Method>/`` folder, restricted to ``stems``.
+
+    Files are matched to pairs by stem only (peers' outputs are PNG even for JPEG inputs). Methods covering none
+    of ``stems`` are left out. Sorted by coverage (most first), then name.
+    """
+    if peers_dir is None:
+        return {}
+    root = Path(peers_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"peers folder not found: {root}")
+    wanted = set(stems)
+    found: dict[str, dict[str, Path]] = {}
+    for method_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = {
+            p.stem: p for p in sorted(method_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in wanted
+        }
+        if files:
+            found[method_dir.name] = files
+    return dict(sorted(found.items(), key=lambda item: (-len(item[1]), item[0])))
+
+
+def choose_sheet_stems(stems: Sequence[str], peers: dict[str, dict[str, Path]], rows: int) -> list[str]:
+    """Pairs shown in the contact sheet: the one covered by the most peers, then evenly spaced others."""
+    stems = list(stems)
+    if rows <= 0 or not stems:
+        return []
+    coverage = [sum(stem in files for files in peers.values()) for stem in stems]
+    first = stems[int(np.argmax(coverage))]
+    rest = [s for s in stems if s != first]
+    chosen = [first]
+    if rows > 1 and rest:
+        index = np.round(np.linspace(0, len(rest) - 1, min(rows - 1, len(rest)))).astype(int)
+        chosen += [rest[i] for i in sorted(set(index.tolist()))]
+    return sorted(chosen, key=stems.index)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparisons
+# ----------------------------------------------------------------------------------------------------------
+
+
+def at_least(ours: float, other: float, tolerance: float = TIE_TOLERANCE) -> bool:
+    """``ours >= other`` with ties within ``tolerance`` (relative to ``|other|``) counted as ``>=``.
+
+    All nine metrics are higher-is-better. NaN on either side is never ``>=``.
+    """
+    if not (math.isfinite(ours) and math.isfinite(other)):
+        return False
+    return ours >= other - tolerance * abs(other)
+
+
+def compare(ours: dict[str, float], other: dict[str, float]) -> dict[str, Any]:
+    """``{"count": k, "metrics": [names where ours >= other (1 % ties)]}`` over METRIC_NAMES."""
+    names = [m for m in METRIC_NAMES if at_least(ours[m], other[m])]
+    return {"count": len(names), "of": len(METRIC_NAMES), "metrics": names}
+
+
+def mean_metrics(per_image: dict[str, dict[str, float]], stems: Sequence[str]) -> dict[str, float]:
+    """Mean of each metric over ``stems`` (NaN when a value is NaN: the tables then show it)."""
+    return {m: float(np.mean([per_image[s][m] for s in stems])) for m in METRIC_NAMES}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mask perturbations and Stage II variants
+# ----------------------------------------------------------------------------------------------------------
+
+
+def morph_mask(mask: np.ndarray, op: str, radius: int) -> np.ndarray:
+    """Grey-level erosion or dilation of a soft mask by ``radius`` pixels (elliptical element 2r+1 wide).
+
+    Args:
+        mask: float32 ``(H, W)`` in [0, 1].
+        op: ``"erode"`` (local minimum: salient regions shrink by ``radius`` px) or ``"dilate"`` (grow).
+        radius: pixels, >= 0 (0 returns a copy).
+    Returns:
+        float32 ``(H, W)`` in [0, 1].
+    """
+    if op not in ("erode", "dilate"):
+        raise ValueError(f"op must be 'erode' or 'dilate', got {op!r}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    m = np.ascontiguousarray(mask, dtype=np.float32)
+    if radius == 0:
+        return m.copy()
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    fn = cv2.erode if op == "erode" else cv2.dilate
+    # Replicated border: the frame edge is not a mask edge (the default border would leave it untouched anyway).
+    return fn(m, kernel, borderType=cv2.BORDER_REPLICATE)
+
+
+def _morph_tensor(mask: torch.Tensor, op: str, radius: int) -> torch.Tensor:
+    """[N,1,H,W] tensor on any device -> same, each mask morphed with :func:`morph_mask` (on the CPU)."""
+    import torch
+
+    arrays = mask.detach().float().cpu().numpy()
+    out = np.stack([morph_mask(a[0], op, radius)[None] for a in arrays])
+    return torch.from_numpy(out).to(device=mask.device, dtype=mask.dtype)
+
+
+def _zero(mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.zeros_like(mask)
+
+
+class MaskTransformRefiner:
+    """A Stage II refiner whose masks are transformed before they reach it (ablations: zeroed, eroded, dilated).
+
+    Works with any ``pipeline.Refiner``: ``refine(F1, M_ir, M_vis) = inner.refine(F1, f(M_ir), f(M_vis))``.
+    Zeroed masks give the same condition as ``DiffusionRefiner(..., use_masks=False)``.
+    """
+
+    def __init__(self, inner: Refiner, transform: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
+        self.inner = inner
+        self.transform = transform
+        self.name = f"{inner.name}+{label}"
+
+    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
+        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W] in [0, 1] -> refined RGB [N,3,H,W] in [0, 1]."""
+        return self.inner.refine(preliminary, self.transform(mask_ir), self.transform(mask_vis))
+
+    def to(self, device: Any) -> MaskTransformRefiner:
+        if hasattr(self.inner, "to"):
+            self.inner.to(device)
+        return self
+
+
+class _CapturingRefiner:
+    """Delegates to the pipeline's refiner and keeps its inputs (F1 and masks) for the ablation re-runs."""
+
+    def __init__(self, inner: Refiner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
+        self.captured = (preliminary, mask_ir, mask_vis)
+        return self.inner.refine(preliminary, mask_ir, mask_vis)
+
+    def to(self, device: Any) -> _CapturingRefiner:
+        if hasattr(self.inner, "to"):
+            self.inner.to(device)
+        return self
+
+
+@dataclass
+class AblationVariant:
+    """One ablation row. ``refiner`` None with an empty ``unavailable`` means "Stage I only" (F1)."""
+
+    key: str
+    label: str
+    description: str
+    refiner: Any = None
+    unavailable: str = ""
+
+    @property
+    def needs_stage2(self) -> bool:
+        return self.key != "stage1_only"
+
+
+def _default_no_hfah_weights() -> Path | None:
+    """A shipped Stage II checkpoint trained without HFAH, if any (``weights/stage2*no*hfah*.pt``)."""
+    weights = Path(__file__).resolve().parent.parent / "weights"
+    found = sorted(weights.glob("stage2*no*hfah*.pt")) if weights.is_dir() else []
+    return found[0] if found else None
+
+
+def build_ablation_variants(
+    pipeline: FusionPipeline,
+    radii: Sequence[int] = DEFAULT_MORPH_RADII,
+    no_hfah_weights: str | Path | None = None,
+) -> list[AblationVariant]:
+    """The ablation rows for ``pipeline`` (its refiner is the full model); unavailable rows carry the reason.
+
+    Without a Stage II refiner every row but "Stage I only" is unavailable. The no-HFAH row loads
+    ``no_hfah_weights`` (default: a shipped ``weights/stage2*no*hfah*.pt``) with the full refiner's sampler
+    settings (steps, strength, seed); it is "not trained" when no such checkpoint exists.
+    """
+    base = pipeline.refiner
+    variants = [
+        AblationVariant("full", "full (Stage I + Stage II, masks)", "the configured pipeline", refiner=base),
+        AblationVariant("stage1_only", "Stage I only (F1)", "no diffusion refinement: F1 is the output"),
+        AblationVariant(
+            "no_masks",
+            "Stage II, masks zeroed",
+            "M_ir = M_vis = 0 in the Stage II condition (no semantic prior)",
+            refiner=MaskTransformRefiner(base, _zero, "zero-masks") if base is not None else None,
+        ),
+    ]
+    hfah = AblationVariant("no_hfah", "Stage II without HFAH", "plain head on the finest decoder level")
+    variants.append(hfah)
+    for op in ("erode", "dilate"):
+        for r in radii:
+            variants.append(
+                AblationVariant(
+                    f"{op}_{r}",
+                    f"masks {'eroded' if op == 'erode' else 'dilated'} {r} px",
+                    f"prior's masks {op}d (grey-level, elliptical element {2 * r + 1} px) before Stage II",
+                    refiner=(
+                        MaskTransformRefiner(base, lambda m, op=op, r=r: _morph_tensor(m, op, r), f"{op}{r}")
+                        if base is not None
+                        else None
+                    ),
+                )
+            )
+    if base is None:
+        for v in variants:
+            if v.needs_stage2:
+                v.unavailable = "unavailable: no Stage II refiner configured"
+        return variants
+
+    path = Path(no_hfah_weights) if no_hfah_weights else _default_no_hfah_weights()
+    if path is None:
+        hfah.unavailable = "not trained (no Stage II weights without HFAH)"
+    elif not path.is_file():
+        hfah.unavailable = f"not available: {path} does not exist"
+    else:
+        from ..models.stage2 import DiffusionRefiner, load_stage2
+
+        model, schedule = load_stage2(path, pipeline.device)
+        if model.config.use_hfah:
+            hfah.unavailable = f"not available: {path.name} was trained with HFAH"
+        elif not isinstance(base, DiffusionRefiner):
+            hfah.unavailable = f"not available: the configured refiner is not a DiffusionRefiner ({base.name})"
+        else:
+            hfah.refiner = DiffusionRefiner(
+                model, schedule, steps=base.steps, strength=base.strength, seed=base.seed, use_masks=base.use_masks
+            )
+            hfah.description += f" ({path.name})"
+    return variants
+
+
+def _replay(pipeline: FusionPipeline, refiner: Refiner, captured: tuple) -> np.ndarray:
+    """Run ``refiner`` on captured (F1, M_ir, M_vis) as the pipeline runs its Stage II -> uint8 RGB [H, W, 3]."""
+    import torch
+
+    from ..pipeline import _to_uint8  # the pipeline's own rounding, so rows differ by the variant only
+
+    with torch.inference_mode(), pipeline._autocast():
+        out = refiner.refine(*captured).float()
+    return _to_uint8(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    """A file as the reference evaluator reads it: ``cv2.imread`` colour (BGR uint8 [H, W, 3])."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image: {path}")
+    return image
+
+
+def _gray_of_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Our uint8 RGB output as the evaluator would see its PNG (RGB -> BGR -> to_gray)."""
+    return to_gray(np.ascontiguousarray(rgb[..., ::-1]))
+
+
+def _write(path: Path, image: np.ndarray, rgb: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb and image.ndim == 3 else image
+    if not cv2.imwrite(str(path), data):
+        raise OSError(f"cannot write {path}")
+
+
+@dataclass
+class _Method:
+    key: str
+    label: str
+    kind: str  # "ours" | "baseline" | "peer" | "ablation"
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        stems = list(self.per_image)
+        return {
+            "label": self.label,
+            "kind": self.kind,
+            "n": len(stems),
+            "stems": stems,
+            "mean": mean_metrics(self.per_image, stems) if stems else None,
+            "per_image": self.per_image,
+            "skipped": self.skipped,
+        }
+
+
+def run_evaluation(
+    pairs: Sequence[tuple[str, Path, Path]],
+    pipeline: FusionPipeline,
+    out_dir: str | Path,
+    peers_dir: str | Path | None = None,
+    ablations: bool = False,
+    morph_radii: Sequence[int] = DEFAULT_MORPH_RADII,
+    no_hfah_weights: str | Path | None = None,
+    sheet_rows: int = 4,
+    save_images: bool = True,
+    dataset: str = "",
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fuse ``pairs`` with ``pipeline``, compute the metrics of every method and write the reports.
+
+    Args:
+        pairs: (stem, ir path, vi path) as from ``cli.find_pairs``.
+        pipeline: a built FusionPipeline; its ``refiner`` (None = Stage I only) is the full model.
+        out_dir: report folder (created).
+        peers_dir: folder of ``<Method>/<stem>.*`` fused outputs of published methods, or None.
+        ablations: also evaluate the ablation variants (``build_ablation_variants``).
+    Returns:
+        The summary written to ``results.json`` (see docs/evaluation.md for its layout).
+    """
+    from . import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [p[0] for p in pairs]
+    if not stems:
+        raise ValueError("no pairs to evaluate")
+    peers = find_peers(peers_dir, stems)
+    sheet_stems = set(choose_sheet_stems(stems, peers, sheet_rows))
+    has_stage2 = pipeline.refiner is not None
+
+    ours_label = "SGDFuse (ours, Stage I + II)" if has_stage2 else "SGDFuse (ours, Stage I only)"
+    methods: dict[str, _Method] = {OURS: _Method(OURS, ours_label, "ours")}
+    if has_stage2:
+        methods[OURS_F1] = _Method(OURS_F1, "ours, Stage I F1", "ours")
+    for name in BASELINES:
+        methods[name] = _Method(name, name, "baseline")
+    for name in peers:
+        methods[f"peer:{name}"] = _Method(f"peer:{name}", name, "peer")
+
+    variants = build_ablation_variants(pipeline, morph_radii, no_hfah_weights) if ablations else []
+    ablation_rows = {v.key: _Method(v.key, v.label, "ablation") for v in variants}
+    runnable = [v for v in variants if v.refiner is not None and not v.unavailable and v.key != "full"]
+    capture = _CapturingRefiner(pipeline.refiner) if (has_stage2 and runnable) else None
+
+    from ..cli import read_thermal, read_visible
+
+    sheet: list[dict[str, Any]] = []
+    timings: list[dict[str, float]] = []
+    log(
+        f"evaluating {len(stems)} pair(s) from {dataset or 'data'}; prior {pipeline.prior_name}; "
+        f"Stage II {pipeline.refiner.name if has_stage2 else 'none'}; peers: "
+        + (", ".join(f"{k} ({len(v)})" for k, v in peers.items()) or "none")
+        + (f"; ablations: {len(runnable)} Stage II re-run(s) per pair" if ablations else "")
+    )
+    jsonl = (out / "per_image.jsonl").open("w")
+    original_refiner = pipeline.refiner
+    try:
+        if capture is not None:
+            pipeline.refiner = capture
+        for index, (stem, ir_path, vi_path) in enumerate(pairs, 1):
+            thermal, thermal_encoding = read_thermal(ir_path)
+            visible, visible_encoding = read_visible(vi_path)
+            result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding)
+            timing = dict(result.timings_ms)
+            t_fused = time.perf_counter()
+
+            ir_bgr, vi_bgr = _read_bgr(ir_path), _read_bgr(vi_path)
+            ir_gray, vi_gray = to_gray(ir_bgr), to_gray(vi_bgr)
+            if result.fused.shape[:2] != ir_gray.shape or ir_gray.shape != vi_gray.shape:
+                raise ValueError(
+                    f"{stem}: sizes differ (ir {ir_gray.shape}, vi {vi_gray.shape}, fused {result.fused.shape[:2]});"
+                    " evaluation needs registered pairs of one size"
+                )
+            row: dict[str, dict[str, float]] = {}
+            row[OURS] = evaluate(_gray_of_rgb(result.fused), ir_gray, vi_gray)
+            if has_stage2:
+                row[OURS_F1] = evaluate(_gray_of_rgb(result.preliminary), ir_gray, vi_gray)
+            for name, fn in BASELINES.items():
+                row[name] = evaluate(fn(ir_gray, vi_gray), ir_gray, vi_gray)
+            peer_images: dict[str, np.ndarray] = {}
+            for name, files in peers.items():
+                if stem not in files:
+                    continue
+                image = _read_bgr(files[stem])
+                if image.shape[:2] != ir_gray.shape:
+                    methods[f"peer:{name}"].skipped[stem] = f"size {image.shape[1]}x{image.shape[0]} != input"
+                    log(f"  {stem}: {name} output has another size, skipped")
+                    continue
+                row[f"peer:{name}"] = evaluate(image, ir_gray, vi_gray)
+                peer_images[name] = image[..., ::-1]
+            for key, values in row.items():
+                methods[key].per_image[stem] = values
+
+            ablation_images: dict[str, np.ndarray] = {}
+            for variant in variants:
+                if variant.unavailable:
+                    continue
+                if variant.key == "full":
+                    ablation_rows["full"].per_image[stem] = row[OURS]
+                elif variant.key == "stage1_only":
+                    ablation_rows["stage1_only"].per_image[stem] = row.get(OURS_F1, row[OURS])
+                else:
+                    t_v = time.perf_counter()
+                    assert capture is not None and capture.captured is not None
+                    fused_v = _replay(pipeline, variant.refiner, capture.captured)
+                    timing[f"ablation:{variant.key}"] = (time.perf_counter() - t_v) * 1000.0
+                    ablation_rows[variant.key].per_image[stem] = evaluate(_gray_of_rgb(fused_v), ir_gray, vi_gray)
+                    ablation_images[variant.key] = fused_v
+            if capture is not None:
+                capture.captured = None  # free the tensors
+
+            if save_images:
+                img = out / "images"
+                _write(img / "final" / f"{stem}.png", result.fused)
+                _write(img / "f1" / f"{stem}.png", result.preliminary)
+                _write(img / "mask_ir" / f"{stem}.png", result.mask_ir, rgb=False)
+                _write(img / "mask_vis" / f"{stem}.png", result.mask_vis, rgb=False)
+                for key, image in ablation_images.items():
+                    _write(img / "ablations" / key / f"{stem}.png", image)
+            if stem in sheet_stems:
+                sheet.append(
+                    {
+                        "stem": stem,
+                        "ir": ir_gray.astype(np.uint8),
+                        "vis": vi_bgr[..., ::-1].copy(),
+                        "mask_ir": result.mask_ir,
+                        "mask_vis": result.mask_vis,
+                        "f1": result.preliminary,
+                        "final": result.fused,
+                        "peers": peer_images,
+                    }
+                )
+            replays = sum(v for k, v in timing.items() if k.startswith("ablation:"))
+            timing["metrics"] = (time.perf_counter() - t_fused) * 1000.0 - replays
+            timings.append(timing)
+            jsonl.write(json.dumps({"stem": stem, "metrics": row, "timings_ms": timing}, default=_json_default) + "\n")
+            jsonl.flush()
+            log(
+                f"[{index}/{len(pairs)}] {stem}: fuse {timing['total']:.0f} ms, "
+                f"metrics {timing['metrics']:.0f} ms"
+                + (f", ablation re-runs {replays:.0f} ms" if replays else "")
+                + ", "
+                f"ours EN {row[OURS]['EN']:.3f} Qabf {row[OURS]['Qabf']:.3f}"
+            )
+    finally:
+        pipeline.refiner = original_refiner
+        jsonl.close()
+
+    summary = _summarise(
+        methods, ablation_rows, variants, peers, stems, pipeline, timings, dataset, command, has_stage2
+    )
+    (out / "results.json").write_text(json.dumps(_sanitise(summary), indent=1) + "\n")
+    report.write_reports(summary, out, sheet)
+    log(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'contact_sheet.png'}, {out / 'metrics_bar.png'}")
+    return summary
+
+
+def _summarise(
+    methods: dict[str, _Method],
+    ablation_rows: dict[str, _Method],
+    variants: list[AblationVariant],
+    peers: dict[str, dict[str, Path]],
+    stems: list[str],
+    pipeline: FusionPipeline,
+    timings: list[dict[str, float]],
+    dataset: str,
+    command: str,
+    has_stage2: bool,
+) -> dict[str, Any]:
+    method_summaries = {key: m.summary() for key, m in methods.items()}
+    ours = methods[OURS].per_image
+
+    comparisons = []
+    for key, m in methods.items():
+        if m.kind == "ours" or not m.per_image:
+            continue
+        subset = list(m.per_image)
+        ours_mean = mean_metrics(ours, subset)
+        other_mean = method_summaries[key]["mean"]
+        entry = {
+            "method": key,
+            "label": m.label,
+            "kind": m.kind,
+            "n": len(subset),
+            "stems": subset,
+            "other_mean": other_mean,
+            "ours_mean": ours_mean,
+            "ours_at_least": compare(ours_mean, other_mean),
+        }
+        if has_stage2:
+            f1_mean = mean_metrics(methods[OURS_F1].per_image, subset)
+            entry["ours_f1_mean"] = f1_mean
+            entry["ours_f1_at_least"] = compare(f1_mean, other_mean)
+        comparisons.append(entry)
+
+    ablation = None
+    if variants:
+        full = ablation_rows["full"].per_image
+        rows = []
+        for v in variants:
+            m = ablation_rows[v.key]
+            entry: dict[str, Any] = {
+                "key": v.key,
+                "label": v.label,
+                "description": v.description,
+                "available": not v.unavailable,
+                "note": v.unavailable,
+                "refiner": getattr(v.refiner, "name", None) if not v.unavailable else None,
+                "n": len(m.per_image),
+            }
+            if m.per_image:
+                entry["mean"] = mean_metrics(m.per_image, list(m.per_image))
+                entry["per_image"] = m.per_image
+                if full and v.key != "full":
+                    entry["full_at_least"] = compare(mean_metrics(full, list(m.per_image)), entry["mean"])
+            rows.append(entry)
+        ablation = {"n": len(stems), "rows": rows}
+
+    order = ["preprocess", "prior", "stage1", "stage2", "postprocess", "total", "metrics"]
+    stage_names = sorted({k for t in timings for k in t}, key=lambda k: (order.index(k) if k in order else 99, k))
+    timing_mean = {k: float(np.mean([t[k] for t in timings if k in t])) for k in stage_names}
+    refiner = pipeline.refiner
+    return {
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command,
+        "dataset": dataset,
+        "n_pairs": len(stems),
+        "stems": stems,
+        "metric_names": list(METRIC_NAMES),
+        "tie_tolerance": TIE_TOLERANCE,
+        "pipeline": {
+            "prior": pipeline.prior_name,
+            "stage2": refiner.name if refiner is not None else None,
+            "device": str(pipeline.device),
+            "config": pipeline.config.as_flat_dict(),
+        },
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "peers": {name: sorted(files) for name, files in peers.items()},
+        "methods": method_summaries,
+        "comparisons": comparisons,
+        "ablations": ablation,
+        "timings_ms_mean": timing_mean,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _sanitise(value: Any) -> Any:
+    """NaN / inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _sanitise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitise(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``sgdfuse evaluate`` (``--config``, ``--set`` and ``--device`` as ``sgdfuse fuse``)."""
+    parser.add_argument("--data", required=True, help="dataset folder with ir/ and vi/ (pairs matched by file stem)")
+    parser.add_argument("--peers", help="folder of published outputs, <peers>/<Method>/<stem>.png (by stem)")
+    parser.add_argument("--limit", type=int, help="evaluate N pairs, evenly spaced over the sorted names")
+    parser.add_argument(
+        "--stems", action="append", metavar="A,B,...", help="evaluate only these pair names (comma-separated)"
+    )
+    parser.add_argument("--out", help="report folder (default out/eval/<data folder name>)")
+    parser.add_argument("--config", help="ROS parameter file, e.g. config/fuse.yaml (defaults otherwise)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter, e.g. prior.kind=sam")
+    parser.add_argument("--device", help="shortcut for --set compute.device=...")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
+    parser.add_argument("--ablations", action="store_true", help="also run the ablation variants (Stage II re-runs)")
+    parser.add_argument(
+        "--morph-radii",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_MORPH_RADII),
+        help="mask erosion/dilation radii in pixels for the ablations (default 3 7)",
+    )
+    parser.add_argument(
+        "--no-hfah-weights", help="Stage II checkpoint trained without HFAH (default: weights/stage2*no*hfah*.pt)"
+    )
+    parser.add_argument("--sheet-rows", type=int, default=4, help="pairs shown in the contact sheet (default 4)")
+    parser.add_argument("--no-images", action="store_true", help="do not write the fused images under <out>/images")
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The ``sgdfuse evaluate`` call that reproduces ``args`` (for the report)."""
+    parts = ["sgdfuse", "evaluate", "--data", str(args.data)]
+    for flag, value in (("--peers", args.peers), ("--limit", args.limit), ("--out", args.out)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += [f"--stems {s}" for s in args.stems or []]
+    if args.config:
+        parts += ["--config", args.config]
+    parts += [f"--set {s}" for s in args.set or []]
+    if args.device:
+        parts += ["--device", args.device]
+    if args.ablations:
+        parts.append("--ablations")
+        if list(args.morph_radii) != list(DEFAULT_MORPH_RADII):
+            parts += ["--morph-radii", *map(str, args.morph_radii)]
+        if args.no_hfah_weights:
+            parts += ["--no-hfah-weights", args.no_hfah_weights]
+    return " ".join(parts)
+
+
+def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
+    """Run ``sgdfuse evaluate`` with a parsed namespace and its FuseConfig; returns the exit status."""
+    import torch
+
+    from ..cli import find_pairs
+    from ..pipeline import FusionPipeline
+
+    stems = [s.strip() for item in (args.stems or []) for s in item.split(",") if s.strip()]
+    pairs = select_pairs(find_pairs(args.data), stems or None, args.limit)
+    if not pairs:
+        print(f"no pairs found in {args.data}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path("out") / "eval" / Path(args.data).resolve().name
+    pipeline = FusionPipeline.from_config(config)
+    if args.threads and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    run_evaluation(
+        pairs,
+        pipeline,
+        out,
+        peers_dir=args.peers,
+        ablations=args.ablations,
+        morph_radii=args.morph_radii,
+        no_hfah_weights=args.no_hfah_weights,
+        sheet_rows=args.sheet_rows,
+        save_images=not args.no_images,
+        dataset=str(args.data),
+        command=_command_line(args),
+    )
+    return 0
