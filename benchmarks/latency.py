@@ -1,16 +1,13 @@
 """Per-stage latency of the fusion pipeline at 640x480 (a bundled MSRS pair), printed as JSON.
 
     python benchmarks/latency.py [--repeats 10] [--threads 2] [--config config/fuse.yaml] [--set key=value ...]
-                                 [--stage2-weights FILE --steps 4 --strength 0.5]
 
-Runs on the CPU, and on CUDA too when it is available. For each device: median and max milliseconds of every
-pipeline stage (preprocess, prior, stage1, stage2, postprocess, total) and, when a Stage II refiner is
-configured, of each Stage II network evaluation (one per sampler step, timed by forward hooks on the refiner's
-network, device-synchronised) plus the sampler's remaining overhead (noise, DDIM updates). Speed targets live
-here, not in tests.
-
-Stage II comes from the configuration (``--config`` / ``--set stage2...``); ``--stage2-weights`` attaches a
-refiner loaded from a checkpoint when the configuration does not build one.
+Runs on the CPU, and on CUDA too when it is available (``--cpu-only`` skips it). Stage II is switched on
+(``stage2.enabled=true``, shipped weights, configured steps/strength) unless ``--set stage2.enabled=false``.
+For each device: median and max milliseconds of every pipeline stage (preprocess, prior, stage1, stage2,
+postprocess, total) and of each Stage II network evaluation (one per sampler step, timed by forward hooks on the
+refiner's network, device-synchronised), plus the sampler's remaining overhead (start noise, DDIM updates).
+Speed targets live here, not in tests.
 """
 
 from __future__ import annotations
@@ -72,15 +69,10 @@ def _stage2_network(refiner: object) -> torch.nn.Module | None:
 
 
 def measure(device: str, args: argparse.Namespace) -> dict:
-    overrides = parse_overrides(args.set or [])
+    overrides: dict[str, object] = {"stage2.enabled": True}
+    overrides.update(parse_overrides(args.set or []))
     overrides["compute.device"] = device
     pipeline = FusionPipeline.from_config(load_config(args.config, overrides))
-    if pipeline.refiner is None and args.stage2_weights:
-        from sgdfuse_ros.models.stage2 import load_refiner
-
-        pipeline.refiner = load_refiner(
-            args.stage2_weights, pipeline.device, steps=args.steps, strength=args.strength, seed=0
-        )
     thermal, thermal_encoding = read_thermal(SAMPLES / "ir" / f"{args.pair}.png")
     visible, visible_encoding = read_visible(SAMPLES / "vi" / f"{args.pair}.png")
     network = _stage2_network(pipeline.refiner)
@@ -123,9 +115,6 @@ def main() -> int:
     parser.add_argument("--pair", default="00537D", help="bundled 640x480 pair name")
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
-    parser.add_argument("--stage2-weights", help="Stage II checkpoint, used when the configuration builds no refiner")
-    parser.add_argument("--steps", type=int, default=4, help="sampler steps with --stage2-weights")
-    parser.add_argument("--strength", type=float, default=0.5, help="sampler strength with --stage2-weights")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when it is available")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

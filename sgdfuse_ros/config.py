@@ -29,6 +29,7 @@ __all__ = [
     "PriorConfig",
     "RegistrationConfig",
     "Stage1Settings",
+    "Stage2Settings",
     "ThermalConfig",
     "load_config",
     "parameter_specs",
@@ -163,6 +164,36 @@ class Stage1Settings:
 
 
 @dataclass
+class Stage2Settings:
+    """Stage II: SAM-guided conditional diffusion refinement of F1 (docs/stage2.md)."""
+
+    enabled: bool = _param(
+        False,
+        "Refine F1 with the Stage II diffusion model: 'steps' network evaluations per frame (each roughly 0.5 s "
+        "at 640x480 on one CPU core; benchmarks/stage2_latency.py measures your hardware). Off: the output is F1.",
+    )
+    weights: str = _param("", "Stage II weights file; empty = the weights shipped with the package.")
+    steps: int = _param(4, "Deterministic DDIM steps (network evaluations) per frame.", minimum=1, maximum=50)
+    strength: float = _param(
+        0.5,
+        "Where the sampler starts, as a fraction of the noise schedule: F1 is noised to timestep "
+        "round(strength * 1000) - 1 and denoised from there. Larger = more freedom to change F1.",
+        minimum=0.05,
+        maximum=1.0,
+    )
+    seed: int = _param(
+        0,
+        "Seed of the start noise, re-seeded for every frame: the same input always gives the same output "
+        "(no flicker).",
+        minimum=0,
+        maximum=2147483647,
+    )
+    use_masks: bool = _param(
+        True, "Condition Stage II on the masks M_ir / M_vis; false zeroes them (ablation without semantic prior)."
+    )
+
+
+@dataclass
 class DeviceConfig:
     """Where and how the networks run."""
 
@@ -231,6 +262,7 @@ class FuseConfig:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     stage1: Stage1Settings = field(default_factory=Stage1Settings)
+    stage2: Stage2Settings = field(default_factory=Stage2Settings)
     compute: DeviceConfig = field(default_factory=DeviceConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 

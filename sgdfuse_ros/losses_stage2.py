@@ -57,16 +57,23 @@ def mask_guided_intensity_loss(fused_y: Tensor, ir: Tensor, vis_y: Tensor, mask_
     return inside + outside
 
 
-def mask_guided_gradient_loss(fused_y: Tensor, ir: Tensor, vis_y: Tensor, mask_vis: Tensor) -> Tensor:
+def mask_guided_gradient_loss(
+    fused_y: Tensor, ir: Tensor, vis_y: Tensor, mask_vis: Tensor, inside_target: str = "vis"
+) -> Tensor:
     """Visible gradients inside M_vis, max gradient outside (Sobel magnitudes, ``losses.sobel_magnitude``).
 
     Shapes as ``mask_guided_intensity_loss`` with ``mask_vis`` [N,1,H,W] in [0,1]. Returns a scalar >= 0:
     mean_{M_vis}||grad Y| - |grad Y_vis|| + mean_{1-M_vis}||grad Y| - max(|grad IR|, |grad Y_vis|)|.
+    ``inside_target="max"`` uses max(|grad IR|, |grad Y_vis|) inside M_vis too: the mask then only re-weights
+    (salient visible structure counts as much as the rest of the image) instead of changing the target.
     """
     _check_mask(mask_vis, fused_y, "mask_vis")
+    if inside_target not in ("vis", "max"):
+        raise ValueError(f"inside_target must be 'vis' or 'max', got {inside_target!r}")
     g_fused, g_ir, g_vis = sobel_magnitude(fused_y), sobel_magnitude(ir), sobel_magnitude(vis_y)
-    inside = masked_mean((g_fused - g_vis).abs(), mask_vis)
-    outside = masked_mean((g_fused - torch.maximum(g_ir, g_vis)).abs(), 1.0 - mask_vis)
+    g_max = torch.maximum(g_ir, g_vis)
+    inside = masked_mean((g_fused - (g_vis if inside_target == "vis" else g_max)).abs(), mask_vis)
+    outside = masked_mean((g_fused - g_max).abs(), 1.0 - mask_vis)
     return inside + outside
 
 
@@ -88,6 +95,8 @@ class Stage2LossOutput(NamedTuple):
 class Stage2Loss(nn.Module):
     """Stage II objective on the predicted clean image (weights: the authors' 1.5 / 1.0 for intensity / gradient).
 
+    ``vis_gradient_target`` is passed to ``mask_guided_gradient_loss`` as ``inside_target`` ("vis" by default).
+
     forward(x0_rgb [N,3,H,W] in [0,1], ir [N,1,H,W], vis_rgb [N,3,H,W], f1 [N,3,H,W], mask_ir, mask_vis
     [N,1,H,W], all in [0,1]) -> Stage2LossOutput.
     """
@@ -98,8 +107,12 @@ class Stage2Loss(nn.Module):
         gradient_weight: float = 1.0,
         chroma_weight: float = 1.0,
         anchor_weight: float = 0.1,
+        vis_gradient_target: str = "vis",
     ) -> None:
         super().__init__()
+        if vis_gradient_target not in ("vis", "max"):
+            raise ValueError(f"vis_gradient_target must be 'vis' or 'max', got {vis_gradient_target!r}")
+        self.vis_gradient_target = vis_gradient_target
         weights = (intensity_weight, gradient_weight, chroma_weight, anchor_weight)
         if min(weights) < 0:
             raise ValueError(f"loss weights must be >= 0, got {weights}")
@@ -111,7 +124,7 @@ class Stage2Loss(nn.Module):
         fused_y = split_luma_chroma(x0_rgb)[0]
         vis_y = split_luma_chroma(vis_rgb)[0]
         l_int = mask_guided_intensity_loss(fused_y, ir, vis_y, mask_ir)
-        l_grad = mask_guided_gradient_loss(fused_y, ir, vis_y, mask_vis)
+        l_grad = mask_guided_gradient_loss(fused_y, ir, vis_y, mask_vis, self.vis_gradient_target)
         l_chroma = chroma_loss(x0_rgb, vis_rgb)
         l_anchor = (x0_rgb - f1).abs().mean()
         total = (
@@ -125,5 +138,6 @@ class Stage2Loss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"intensity_weight={self.intensity_weight}, gradient_weight={self.gradient_weight}, "
-            f"chroma_weight={self.chroma_weight}, anchor_weight={self.anchor_weight}"
+            f"chroma_weight={self.chroma_weight}, anchor_weight={self.anchor_weight}, "
+            f"vis_gradient_target={self.vis_gradient_target!r}"
         )

@@ -110,7 +110,21 @@ class FusionPipeline:
             pred_iou_thresh=config.prior.pred_iou_thresh,
             stability_score_thresh=config.prior.stability_score_thresh,
         )
-        pipeline = cls(config, prior=prior, stage1=stage1, device=device)
+        refiner = None
+        if config.stage2.enabled:
+            # Imported here: a Stage I-only pipeline never loads the Stage II code.
+            from .models.stage2 import default_stage2_weights_path, load_refiner
+
+            s2 = config.stage2
+            refiner = load_refiner(
+                s2.weights or str(default_stage2_weights_path()),
+                device=device,
+                steps=s2.steps,
+                strength=s2.strength,
+                seed=s2.seed,
+                use_masks=s2.use_masks,
+            )
+        pipeline = cls(config, prior=prior, stage1=stage1, refiner=refiner, device=device)
         pipeline.device_note = note
         return pipeline
 

@@ -112,7 +112,9 @@ def test_peers_are_matched_by_stem_only_on_covered_pairs(tmp_path):
     peers = find_peers(tmp_path, ["x", "y"])
     assert list(peers) == ["A", "B"]  # most coverage first; Empty covers nothing
     assert sorted(peers["A"]) == ["x", "y"] and list(peers["B"]) == ["y"]
-    assert choose_sheet_stems(["w", "x", "y"], peers, 2) == ["w", "y"]  # y: most peers, then evenly spaced
+    # Contact sheet: y shows both peers; then the rest evenly spaced (first and last of w, x, z).
+    assert choose_sheet_stems(["w", "x", "y", "z"], peers, 3) == ["w", "y", "z"]
+    assert choose_sheet_stems(["w", "x", "y"], {"A": {"x": Path()}, "B": {"y": Path()}}, 2) == ["x", "y"]
 
 
 def test_ties_within_one_percent_count_as_at_least():

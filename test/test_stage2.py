@@ -237,6 +237,11 @@ def test_gradient_loss_ignores_ir_edges_inside_the_visible_mask():
     expected = (sobel_magnitude(ir) - sobel_magnitude(vis_y)).mean().item()
     assert mask_guided_gradient_loss(fused, ir, vis_y, torch.zeros_like(mask)).item() == pytest.approx(expected)
     assert expected > 0.5
+    # inside_target="max": the mask only re-weights, the thermal edge is wanted inside it as well. The edge lies
+    # wholly inside the mask, so the loss is its mean over the 32 masked pixels (the outside term is 0).
+    inside_mean = ((sobel_magnitude(ir) - sobel_magnitude(vis_y)) * mask).sum().item() / mask.sum().item()
+    assert mask_guided_gradient_loss(fused, ir, vis_y, mask, "max").item() == pytest.approx(inside_mean)
+    assert inside_mean == pytest.approx(2 * expected)
 
 
 def test_stage2_loss_is_the_weighted_sum_and_chroma_follows_the_visible_colours():
@@ -419,3 +424,32 @@ def test_ddp_two_gloo_processes(train_dir):
     record = json.loads((train_dir / "ddp" / "stage2.json").read_text())
     assert record["training"]["world_size"] == 2 and record["command"].startswith("torchrun --nproc_per_node=2")
     load_stage2(train_dir / "ddp" / "stage2.pt")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pipeline wiring
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_pipeline_builds_the_refiner_from_the_configuration(tmp_path):
+    from sgdfuse_ros.config import FuseConfig
+    from sgdfuse_ros.models.stage2 import stage2_checkpoint
+    from sgdfuse_ros.pipeline import FusionPipeline
+
+    path = tmp_path / "s2.pt"
+    torch.save(stage2_checkpoint(build_stage2(SMALL), NoiseSchedule()), path)  # untrained: returns F1
+    config = FuseConfig().updated(
+        {"stage2.enabled": True, "stage2.weights": str(path), "stage2.steps": 2, "stage2.strength": 0.3}
+    )
+    pipeline = FusionPipeline.from_config(config)
+    assert isinstance(pipeline.refiner, DiffusionRefiner)
+    assert pipeline.refiner.sampler.timesteps == [299, 149]
+    thermal = cv2.imread(str(PAIRS / "ir" / "FLIR_08835.jpg"), cv2.IMREAD_GRAYSCALE)
+    visible = cv2.imread(str(PAIRS / "vi" / "FLIR_08835.jpg"), cv2.IMREAD_COLOR)
+    result = pipeline.fuse(thermal, visible, "mono8", "bgr8")
+    assert "stage2" in result.timings_ms
+    assert np.abs(result.fused.astype(int) - result.preliminary.astype(int)).max() <= 1
+    assert FusionPipeline.from_config(FuseConfig()).refiner is None  # disabled by default
+    missing = FuseConfig().updated({"stage2.enabled": True, "stage2.weights": str(tmp_path / "none.pt")})
+    with pytest.raises(FileNotFoundError, match="none.pt"):
+        FusionPipeline.from_config(missing)

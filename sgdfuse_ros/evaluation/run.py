@@ -127,16 +127,29 @@ def find_peers(peers_dir: str | Path | None, stems: Sequence[str]) -> dict[str, 
 
 
 def choose_sheet_stems(stems: Sequence[str], peers: dict[str, dict[str, Path]], rows: int) -> list[str]:
-    """Pairs shown in the contact sheet: the one covered by the most peers, then evenly spaced others."""
+    """Pairs shown in the contact sheet (at most ``rows``, in dataset order).
+
+    Greedy: each next pair is the one showing the most peers not shown yet (so every peer appears when the rows
+    allow it; ties go to the earlier name); once no pair adds a peer, the rest are evenly spaced over the others.
+    """
     stems = list(stems)
-    if rows <= 0 or not stems:
-        return []
-    coverage = [sum(stem in files for files in peers.values()) for stem in stems]
-    first = stems[int(np.argmax(coverage))]
-    rest = [s for s in stems if s != first]
-    chosen = [first]
-    if rows > 1 and rest:
-        index = np.round(np.linspace(0, len(rest) - 1, min(rows - 1, len(rest)))).astype(int)
+    chosen: list[str] = []
+    shown: set[str] = set()
+    while len(chosen) < min(rows, len(stems)):
+        gains = [
+            (len({name for name, files in peers.items() if stem in files} - shown), -i)
+            for i, stem in enumerate(stems)
+            if stem not in chosen
+        ]
+        best_gain, best_index = max(gains) if gains else (0, 0)
+        if best_gain == 0:
+            break
+        chosen.append(stems[-best_index])
+        shown |= {name for name, files in peers.items() if stems[-best_index] in files}
+    rest = [s for s in stems if s not in chosen]
+    missing = min(rows, len(stems)) - len(chosen)
+    if missing > 0 and rest:
+        index = np.round(np.linspace(0, len(rest) - 1, missing)).astype(int)
         chosen += [rest[i] for i in sorted(set(index.tolist()))]
     return sorted(chosen, key=stems.index)
 

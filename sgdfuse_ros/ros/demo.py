@@ -4,8 +4,8 @@
 
 Starts the node (``python -m sgdfuse_ros.ros.node`` with config/fuse.yaml) as its own process, then
 publishes each pair on ``thermal/image`` (mono16 radiometric counts by default) and ``rgb/image``
-with one stamp, waits for ``fused/image``, both masks and ``fused/stats`` carrying that stamp, and
-writes ``<out>/<pair>_fused.png``, ``_mask_ir.png`` and ``_mask_vis.png``. One pair at a time, so
+(reliable QoS on both ends) with one stamp, waits for ``fused/image``, both masks and
+``fused/stats`` carrying that stamp, and writes ``<out>/<pair>_fused.png``, ``_mask_ir.png`` and ``_mask_vis.png``. One pair at a time, so
 every pair is fused (the node drops superseded pairs by design when frames arrive faster than it
 fuses). Discovery stays on this machine and on a private domain unless ROS_DOMAIN_ID is set.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -68,9 +68,9 @@ class DemoClient(Node):
 
     def __init__(self) -> None:
         super().__init__("sgdfuse_demo")
-        self.thermal_pub = self.create_publisher(Image, "thermal/image", qos_profile_sensor_data)
-        self.rgb_pub = self.create_publisher(Image, "rgb/image", qos_profile_sensor_data)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.thermal_pub = self.create_publisher(Image, "thermal/image", reliable)
+        self.rgb_pub = self.create_publisher(Image, "rgb/image", reliable)
         self.received: dict[tuple[int, int], dict[str, object]] = {}
         for key, topic in OUTPUT_TOPICS.items():
             self.create_subscription(Image, topic, self._collector(key), reliable)
@@ -112,7 +112,18 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = args.config or str(default_config_path())
-    command = [sys.executable, "-m", "sgdfuse_ros.ros.node", "--ros-args", "--params-file", config]
+    # Reliable input QoS: best-effort samples of several hundred kB are fragmented over UDP and a single
+    # lost fragment loses the frame (see docs/node.md); camera drivers on a robot usually use sensor-data QoS.
+    command = [
+        sys.executable,
+        "-m",
+        "sgdfuse_ros.ros.node",
+        "--ros-args",
+        "--params-file",
+        config,
+        "-p",
+        "node.input_qos:=reliable",
+    ]
     print(f"starting the fusion node (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}): {' '.join(command)}", flush=True)
     # cwd = the output folder: a source checkout as cwd would shadow the installed package (and its msg/).
     node_process = subprocess.Popen(command, env=node_environment(), cwd=out)
@@ -129,15 +140,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"fusing {len(pairs)} bundled pair(s) from {pairs_dir} ...", flush=True)
         for stem, ir_path, vi_path in pairs:
             thermal, rgb = load_pair(ir_path, vi_path, args.thermal_encoding)
-            outputs = None
-            for _attempt in range(3):  # sensor-data QoS is best effort: re-send if a frame was lost
-                key = client.publish_pair(thermal, rgb, args.thermal_encoding)
-                if spin_until(client, lambda k=key: len(client.received.get(k, {})) == 4, args.timeout):
-                    outputs = client.received.pop(key)
-                    break
-            if outputs is None:
-                print(f"{stem}: no fused output received", file=sys.stderr)
+            key = client.publish_pair(thermal, rgb, args.thermal_encoding)
+            if not spin_until(client, lambda k=key: len(client.received.get(k, {})) == 4, args.timeout):
+                print(f"{stem}: no fused output received within {args.timeout:.0f} s", file=sys.stderr)
                 continue
+            outputs = client.received.pop(key)
             for name in OUTPUT_TOPICS:
                 image = image_to_array(outputs[name])  # type: ignore[arg-type]
                 if image.ndim == 3:

@@ -101,6 +101,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient-weight", type=float, default=1.0)
     g.add_argument("--chroma-weight", type=float, default=1.0)
     g.add_argument("--anchor-weight", type=float, default=0.1)
+    g.add_argument(
+        "--vis-gradient-target",
+        choices=("vis", "max"),
+        default="vis",
+        help="gradient target inside M_vis: the visible gradients (default) or max(IR, VIS) like outside",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda = cuda:LOCAL_RANK)")
@@ -391,7 +397,9 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
     model = build_stage2(config).to(device)
     schedule = NoiseSchedule(ScheduleConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    criterion = Stage2Loss(args.intensity_weight, args.gradient_weight, args.chroma_weight, args.anchor_weight)
+    criterion = Stage2Loss(
+        args.intensity_weight, args.gradient_weight, args.chroma_weight, args.anchor_weight, args.vis_gradient_target
+    )
     t_max = schedule.start_timestep(args.max_strength)
     step, elapsed, commands = 0, 0.0, [_command_line(ddp.world)]
 
@@ -547,6 +555,7 @@ def _export(
                 "chroma": args.chroma_weight,
                 "anchor": args.anchor_weight,
             },
+            "gradient_target_inside_m_vis": args.vis_gradient_target,
             "seed": args.seed,
             "augmentation": "random square crops, horizontal and vertical flips",
         },
