@@ -18,13 +18,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Builds msg/ and installs the package into the venv the way colcon does on a robot (CMake, ament).
 build: setup
 	$(ACTIVATE) && tools/build_ros_package.sh
+	ln -sf ../lib/sgdfuse_ros/sgdfuse $(VENV)/bin/sgdfuse
 
 demo: build
 	$(ACTIVATE) && $(VENV)/lib/sgdfuse_ros/demo --out out/demo
 
 fuse-samples: build
-	$(ACTIVATE) && sgdfuse_cli=$$(command -v sgdfuse || echo "python -m sgdfuse_ros.cli"); \
-	  $$sgdfuse_cli fuse --pairs samples/pairs --out out/fused --save-intermediate
+	$(ACTIVATE) && sgdfuse fuse --pairs samples/pairs --out out/fused --save-intermediate
 
 lint: setup
 	$(ACTIVATE) && ruff check .

@@ -453,3 +453,20 @@ def test_pipeline_builds_the_refiner_from_the_configuration(tmp_path):
     missing = FuseConfig().updated({"stage2.enabled": True, "stage2.weights": str(tmp_path / "none.pt")})
     with pytest.raises(FileNotFoundError, match="none.pt"):
         FusionPipeline.from_config(missing)
+
+
+def test_shipped_weights_load_and_refine_a_held_out_pair(refiner_inputs):
+    from sgdfuse_ros.models.stage2 import default_stage2_weights_path
+
+    path = default_stage2_weights_path()
+    assert path.stat().st_size < 16 * 2**20
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["prior"]["name"] == "fallback" and "FLIR_04598" in record["excluded_names"]
+    f1, m_ir, m_vis = refiner_inputs  # a crop of held-out FLIR_04598
+    refiner = load_refiner(path, steps=2, strength=0.5)
+    out = refiner.refine(f1, m_ir, m_vis)
+    assert torch.equal(out, refiner.refine(f1, m_ir, m_vis))
+    change = (out - f1).abs().mean().item()
+    assert 0 < change < 0.05  # a refinement of F1, not a different image
+    no_masks = load_refiner(path, steps=2, strength=0.5, use_masks=False).refine(f1, m_ir, m_vis)
+    assert (no_masks - out).abs().mean().item() > 1e-4  # the trained model reads the masks

@@ -48,7 +48,7 @@ CHECKPOINT_FORMAT = "sgdfuse_ros stage2 checkpoint v1"
 class Stage2Config:
     """Architecture of the Stage II network (saved in every checkpoint).
 
-    The default is a compact model (about 2.5 M parameters) instead of the authors' 62 M configuration
+    The default is a compact model (3.0 M parameters) instead of the authors' 62 M configuration
     (base 64, multipliers 1,2,4,8, 2 residual blocks per level): real-time use needs few and cheap steps.
     """
 
