@@ -27,12 +27,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+from .sync import ApproximateSync, PairAccounting, stamp_ns
 
 if TYPE_CHECKING:  # heavy imports (torch) only where a pipeline is built
     from .config import FuseConfig
@@ -144,11 +146,6 @@ def _header(store: Any, stamp_ns: int, frame_id: str) -> Any:
     return store.types["std_msgs/msg/Header"](stamp=_stamp(store, stamp_ns), frame_id=frame_id)
 
 
-def stamp_ns(header: Any) -> int:
-    """Header (rosbags or rclpy) -> stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def image_message(store: Any, image: np.ndarray, encoding: str, stamp: int, frame_id: str) -> Any:
     """sensor_msgs/Image (rosbags object) holding ``image`` (uint8/uint16/float32 [H, W] or [H, W, C])."""
     image = np.ascontiguousarray(image)
@@ -197,117 +194,24 @@ def compressed_message(
 # ------------------------------------------------------------------------------------------ decoding
 
 
-@functools.cache
-def _encodings() -> tuple[dict[str, tuple[np.dtype, int]], dict[str, tuple[str, ...]]]:
-    """({encoding: (dtype, channels)}, {"thermal"|"rgb": accepted encodings}) from sgdfuse_ros.imaging.
-
-    Imported on first use: sgdfuse_ros.imaging pulls in torch, which ``bag make`` / ``bag info`` never need.
-    """
-    from .imaging import RGB_ENCODINGS, THERMAL_ENCODINGS
-
-    dtypes = {name: (dtype, 1) for name, dtype in THERMAL_ENCODINGS.items()}
-    dtypes.update({name: (np.dtype(np.uint8), channels) for name, channels in RGB_ENCODINGS.items()})
-    return dtypes, {"thermal": tuple(THERMAL_ENCODINGS), "rgb": tuple(RGB_ENCODINGS)}
-
-
 def decode_image(msg: Any, which: str = "image") -> tuple[np.ndarray, str]:
     """sensor_msgs/Image or CompressedImage (rosbags or rclpy object) -> (array, encoding) for the pipeline.
 
-    The ROS-free twin of ``sgdfuse_ros.ros.conversion.thermal_to_array`` / ``rgb_to_array`` (which the
-    node uses and :func:`evaluate_bag` prefers when the ROS message packages are importable): same
-    checks, same reason keys, same results (test/test_bags.py compares them on real bags).
-    ``which`` = "thermal" or "rgb" restricts the encodings as the node does; anything else accepts all.
-
-    Image: [H, W] or [H, W, C] in native byte order honouring ``step`` and ``is_bigendian``; a
-    view of ``data`` unless padding or byte order force a copy. CompressedImage: OpenCV with
-    IMREAD_UNCHANGED (16-bit PNG stays 16-bit); colour decodes to 'bgr8'/'bgra8', grey to
-    'mono8'/'mono16' (or the 1-channel encoding the format names, e.g. '16UC1').
+    The node's own decoding (:mod:`sgdfuse_ros.messages`, which ``sgdfuse_ros.ros.conversion``
+    re-exports): ``which`` = "thermal" or "rgb" is :func:`~sgdfuse_ros.messages.thermal_to_array` /
+    :func:`~sgdfuse_ros.messages.rgb_to_array` (the encodings the node accepts); anything else accepts
+    all of :data:`~sgdfuse_ros.messages.ENCODINGS`.
     Raises imaging.InvalidImageError with reason ``<which>_encoding`` / ``_empty`` / ``_step`` /
     ``_data_size`` / ``_format`` / ``_decode`` / ``_nonfinite``.
     """
-    from .imaging import InvalidImageError
+    # Imported on first use: sgdfuse_ros.imaging pulls in torch, which ``bag make`` / ``bag info`` never need.
+    from . import messages
 
-    dtypes, allowed_by_input = _encodings()
-    allowed = allowed_by_input.get(which, tuple(dtypes))
-    if hasattr(msg, "format"):
-        array, encoding = _decode_compressed(msg, which, allowed)
-    else:
-        array, encoding = _decode_raw(msg, which, allowed), str(msg.encoding)
-    if which == "thermal" and array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise InvalidImageError(
-            "thermal_nonfinite", f"thermal image ({encoding}) has {bad} NaN/Inf pixel(s) of {array.size}"
-        )
-    return array, encoding
-
-
-def _decode_raw(msg: Any, which: str, allowed: tuple[str, ...]) -> np.ndarray:
-    from .imaging import InvalidImageError
-
-    encoding = str(msg.encoding)
-    if encoding not in allowed:
-        raise InvalidImageError(
-            f"{which}_encoding",
-            f"{which} image has unsupported encoding '{encoding}' (supported: {', '.join(allowed)})",
-        )
-    dtype, channels = _encodings()[0][encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise InvalidImageError(f"{which}_empty", f"{which} image has zero width or height ({width}x{height})")
-    row = width * channels * dtype.itemsize
-    if step < row:
-        raise InvalidImageError(
-            f"{which}_step", f"{which} image step {step} is smaller than width x bytes per pixel = {row} ('{encoding}')"
-        )
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size != step * height:
-        raise InvalidImageError(
-            f"{which}_data_size",
-            f"{which} image data has {data.size} bytes, expected step x height = {step} x {height} = {step * height}",
-        )
-    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<") if dtype.itemsize > 1 else dtype
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    strides = (step, dtype.itemsize) if channels == 1 else (step, channels * dtype.itemsize, dtype.itemsize)
-    view = np.ndarray(shape=shape, dtype=wire, buffer=data, strides=strides)
-    return np.ascontiguousarray(view).astype(dtype.newbyteorder("="), copy=False)
-
-
-def _decode_compressed(msg: Any, which: str, allowed: tuple[str, ...]) -> tuple[np.ndarray, str]:
-    from .imaging import InvalidImageError
-
-    fmt = str(msg.format).strip()
-    original = fmt.split(";", 1)[0].strip() if ";" in fmt else ""
-    if "compresseddepth" in fmt.lower().replace(" ", ""):
-        raise InvalidImageError(f"{which}_format", f"{which} CompressedImage format '{fmt}' is not supported")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise InvalidImageError(
-            f"{which}_decode", f"{which} CompressedImage ('{fmt}', {data.size} bytes) could not be decoded"
-        )
-    if image.ndim == 2:
-        names = {np.dtype(np.uint8): ("mono8", "8UC1"), np.dtype(np.uint16): ("mono16", "16UC1")}.get(image.dtype)
-        encoding = (original if original in names else names[0]) if names else f"{image.dtype}C1"
-    elif image.dtype == np.uint8 and image.shape[2] in (3, 4):
-        encoding = "bgr8" if image.shape[2] == 3 else "bgra8"
-    else:
-        encoding = f"{image.dtype}C{image.shape[2]}"
-    if encoding not in allowed:
-        raise InvalidImageError(
-            f"{which}_encoding",
-            f"{which} CompressedImage ('{fmt}') decodes to '{encoding}' (supported: {', '.join(allowed)})",
-        )
-    return image, encoding
-
-
-def input_decoders() -> tuple[Callable[[Any], tuple[np.ndarray, str]], Callable[[Any], tuple[np.ndarray, str]], str]:
-    """(thermal decoder, RGB decoder, name): the node's own (sgdfuse_ros.ros.conversion) when the ROS
-    message packages import, else :func:`decode_image` (same behaviour, no ROS packages needed)."""
-    try:
-        from .ros.conversion import rgb_to_array, thermal_to_array
-    except ImportError:
-        return (lambda m: decode_image(m, "thermal")), (lambda m: decode_image(m, "rgb")), "sgdfuse_ros.bags"
-    return thermal_to_array, rgb_to_array, "sgdfuse_ros.ros.conversion"
+    if which == "thermal":
+        return messages.thermal_to_array(msg)
+    if which == "rgb":
+        return messages.rgb_to_array(msg)
+    return messages.decode(msg, which)
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -782,165 +686,6 @@ def bag_info(path: str | Path, distro: str = "kilted") -> dict:
     return info
 
 
-# ------------------------------------------------------------------------------------------- pairing
-
-
-@dataclass
-class _TopicCount:
-    received: int = 0
-    paired: int = 0
-    unpaired: dict[str, int] = field(default_factory=dict)  # reason -> count
-    backwards: int = 0
-    repeated: int = 0
-    last_stamp: int | None = None
-    seen: set = field(default_factory=set)
-
-    def unpaired_total(self) -> int:
-        return sum(self.unpaired.values())
-
-
-class ApproximateSync:
-    """message_filters.ApproximateTimeSynchronizer.add for two inputs, re-stated with accounting.
-
-    Index 0 is thermal, 1 is RGB. Each input keeps a dict {stamp ns: item}. On ``add`` (stamp t):
-
-    1. store the item under t (a repeated stamp overwrites the queued item: that one is lost);
-    2. while the queue holds more than ``queue_size`` items, delete the one with the smallest stamp
-       (possibly the new one, when t is older than everything in a full queue);
-    3. candidates = the other queue's stamps s with |s - t| <= slop, sorted by |s - t| (a stable
-       sort: ties keep queue insertion order); none -> no pair;
-    4. the first candidate with |s - t| < slop (strictly) while the new item and the candidate are
-       both still queued forms the pair; both leave their queues. Nothing else is ever removed.
-
-    ``slop`` becomes integer nanoseconds as rclpy's Duration(seconds=slop) does (truncation).
-    slop 0 means identical stamps (the node then uses message_filters.TimeSynchronizer): a pair
-    forms when the other queue holds the same stamp.
-
-    Accounting (message_filters itself counts nothing): per input received, paired and unpaired by
-    reason (``duplicate_stamp`` overwritten, ``queue_overflow`` evicted, ``left_in_queue`` still
-    queued at :meth:`finish`), and stamps that went backwards or repeated. These are exact:
-    received = paired + unpaired after :meth:`finish`.
-    """
-
-    NAMES = ("thermal", "rgb")
-
-    def __init__(self, queue_size: int, slop: float) -> None:
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.queue_size = int(queue_size)
-        self.slop_ns = int(slop * 1_000_000_000)
-        self.queues: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
-        self.counts = (_TopicCount(), _TopicCount())
-
-    def add(self, index: int, stamp: int, item: Any) -> tuple[Any, Any] | None:
-        """Queue ``item`` (stamp in ns) on input ``index``; return (thermal item, RGB item) when a pair forms."""
-        count = self.counts[index]
-        count.received += 1
-        if count.last_stamp is not None and stamp < count.last_stamp:
-            count.backwards += 1
-        if stamp in count.seen:
-            count.repeated += 1
-        count.seen.add(stamp)
-        count.last_stamp = stamp
-
-        queue, other = self.queues[index], self.queues[1 - index]
-        if stamp in queue:
-            self._lose(index, "duplicate_stamp")
-        queue[stamp] = item
-        while len(queue) > self.queue_size:
-            del queue[min(queue)]
-            self._lose(index, "queue_overflow")
-        if self.slop_ns == 0:  # TimeSynchronizer: identical stamps only
-            if stamp in queue and stamp in other:
-                return self._emit(index, stamp, stamp)
-            return None
-        candidates = [(s, abs(s - stamp)) for s in other if abs(s - stamp) <= self.slop_ns]
-        candidates.sort(key=lambda c: c[1])
-        for other_stamp, delta in candidates:
-            if delta < self.slop_ns and stamp in queue and other_stamp in other:
-                return self._emit(index, stamp, other_stamp)
-        return None
-
-    def _emit(self, index: int, stamp: int, other_stamp: int) -> tuple[Any, Any]:
-        mine, theirs = self.queues[index].pop(stamp), self.queues[1 - index].pop(other_stamp)
-        self.counts[0].paired += 1
-        self.counts[1].paired += 1
-        return (mine, theirs) if index == 0 else (theirs, mine)
-
-    def _lose(self, index: int, reason: str) -> None:
-        unpaired = self.counts[index].unpaired
-        unpaired[reason] = unpaired.get(reason, 0) + 1
-
-    def finish(self) -> None:
-        """End of input: whatever is still queued will never pair."""
-        for index, queue in enumerate(self.queues):
-            for _ in range(len(queue)):
-                self._lose(index, "left_in_queue")
-            queue.clear()
-
-    @property
-    def pairs(self) -> int:
-        return self.counts[0].paired
-
-    def accounting(self) -> dict:
-        """JSON-ready counters; received = paired + unpaired per input once :meth:`finish` ran."""
-        out: dict[str, Any] = {
-            "pairs": self.pairs,
-            "received": {},
-            "unpaired": {},
-            "unpaired_by_reason": {},
-            "stamps_backwards": {},
-            "stamps_repeated": {},
-        }
-        for name, count in zip(self.NAMES, self.counts, strict=True):
-            out["received"][name] = count.received
-            out["unpaired"][name] = count.unpaired_total()
-            out["unpaired_by_reason"][name] = dict(sorted(count.unpaired.items()))
-            out["stamps_backwards"][name] = count.backwards
-            out["stamps_repeated"][name] = count.repeated
-        return out
-
-
-class NodeCounters:
-    """The node's running counters (``sgdfuse_ros.ros.node.PairAccounting``), re-stated without rclpy.
-
-    The offline FusionStats messages carry these, so they compare field by field with the live
-    node's fused/stats. A message not yet paired is *pending*; it is counted unpaired (once) when a
-    message on the other topic arrives with a stamp later than its stamp + slop, when more than
-    queue_size messages of its topic are pending (the oldest), or when a newer message of its topic
-    has the same stamp. Unlike :class:`ApproximateSync`'s exact accounting this decides early and
-    can be wrong when stamps go backwards; messages still pending at the end are not counted.
-    """
-
-    def __init__(self, slop_s: float, queue_size: int) -> None:
-        self.slop_ns = int(round(slop_s * 1e9))  # as the node rounds
-        self.queue_size = int(queue_size)
-        self.pending: tuple[dict[int, None], dict[int, None]] = ({}, {})
-        self.received = [0, 0]
-        self.unpaired = [0, 0]
-        self.paired = 0
-
-    def on_message(self, topic: int, stamp: int) -> None:
-        self.received[topic] += 1
-        other = 1 - topic
-        stale = [s for s in self.pending[other] if stamp > s + self.slop_ns]
-        for s in stale:
-            del self.pending[other][s]
-        self.unpaired[other] += len(stale)
-        mine = self.pending[topic]
-        if stamp in mine:
-            self.unpaired[topic] += 1
-        mine[stamp] = None
-        while len(mine) > self.queue_size:
-            del mine[min(mine)]
-            self.unpaired[topic] += 1
-
-    def on_pair(self, thermal_stamp: int, rgb_stamp: int) -> None:
-        self.paired += 1
-        self.pending[0].pop(thermal_stamp, None)
-        self.pending[1].pop(rgb_stamp, None)
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 
 
@@ -1089,7 +834,7 @@ def _stats_message(
     result: FusionResult | None,
     latency_ms: float,
     stamp_difference_ms: float,
-    counters: NodeCounters,
+    counters: PairAccounting,
     fused: int,
     dropped: dict[str, int],
 ) -> Any:
@@ -1166,8 +911,8 @@ def evaluate_bag(
         report_dir.mkdir()
         writer = BagWriter(staging / "bag", storage, version, distro)
         sync = ApproximateSync(queue_size, slop)
-        counters = NodeCounters(slop, queue_size)
-        thermal_to_array, rgb_to_array, decoder = input_decoders()
+        counters = PairAccounting(slop, queue_size)
+        from .messages import rgb_to_array, thermal_to_array
         samples = _Samples(expected_pairs, sample_frames)
         metrics_s = 0.0
         frames: list[dict] = []
@@ -1266,7 +1011,7 @@ def evaluate_bag(
             version,
             distro,
         )
-        report["pipeline"]["decoder"] = decoder
+        report["pipeline"]["decoder"] = "sgdfuse_ros.messages"
         if samples.write(report_dir / "contact_sheet.png"):
             report["files"].append("report/contact_sheet.png")
         report["files"] += [f"report/{name}" for name in _plot(report, report_dir)]
@@ -1283,7 +1028,7 @@ def _build_report(
     config: FuseConfig,
     pipeline: FusionPipeline,
     sync: ApproximateSync,
-    counters: NodeCounters,
+    counters: PairAccounting,
     dropped: dict[str, int],
     fused: int,
     frames: list[dict],
@@ -1299,6 +1044,7 @@ def _build_report(
     from .metrics import METRIC_NAMES
 
     pairing = sync.accounting()
+    pending_thermal, pending_rgb = counters.pending()
     pairing.update(
         slop_s=config.node.sync_slop,
         queue_size=config.node.sync_queue_size,
@@ -1309,8 +1055,8 @@ def _build_report(
             "paired": counters.paired,
             "unpaired_thermal": counters.unpaired[0],
             "unpaired_rgb": counters.unpaired[1],
-            "pending_thermal": len(counters.pending[0]),
-            "pending_rgb": len(counters.pending[1]),
+            "pending_thermal": pending_thermal,
+            "pending_rgb": pending_rgb,
         },
     )
     stamp_differences = [abs(f["stamp_difference_ms"]) for f in frames]

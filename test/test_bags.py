@@ -242,31 +242,42 @@ def test_compressed_and_mono16_bags_decode_to_the_source_pixels(tmp_path, config
     assert report["input"]["thermal_type"] == bags.COMPRESSED_IMAGE and report["pairing"]["fused"] == 4
 
 
-def test_ros_free_decoder_matches_the_node_conversion(tmp_path):
-    conversion = pytest.importorskip("sgdfuse_ros.ros.conversion")
+def test_decoding_is_the_same_on_rosbags_and_rclpy_messages(tmp_path):
+    """bags.decode_image is the node's decoding (sgdfuse_ros.messages, re-exported by ros.conversion) and
+    works on any object with the message fields: rosbags objects (data a NumPy array) and rclpy messages
+    deserialized from the same CDR bytes (data an array.array) decode to the same pixels and encoding."""
+    serialization = pytest.importorskip("rclpy.serialization")
+    sensor_msgs = pytest.importorskip("sensor_msgs.msg")
+    from sgdfuse_ros.ros import conversion
+
+    assert conversion.thermal_to_array is sys.modules["sgdfuse_ros.messages"].thermal_to_array
+    rclpy_types = {bags.IMAGE: sensor_msgs.Image, bags.COMPRESSED_IMAGE: sensor_msgs.CompressedImage}
+    store = bags.typestore()
     cases = [
         bags.MakeOptions(resize="80x60", count=2),
         bags.MakeOptions(resize="80x60", count=2, thermal_encoding="mono16", rgb_encoding="bgr8"),
         bags.MakeOptions(resize="80x60", count=2, thermal_compression="png", rgb_compression="png"),
         bags.MakeOptions(resize="80x60", count=2, thermal_encoding="mono16", thermal_compression="png"),
     ]
+    decoded = 0
     for k, options in enumerate(cases):
         bags.make_bag(PAIRS, tmp_path / f"b{k}", options)
-        content = _read(tmp_path / f"b{k}")
-        for topic, ours, theirs in (
-            ("/thermal/image", lambda m: bags.decode_image(m, "thermal"), conversion.thermal_to_array),
-            ("/rgb/image", lambda m: bags.decode_image(m, "rgb"), conversion.rgb_to_array),
-        ):
-            for _, msg in content[topic]:
-                (a, enc_a), (b, enc_b) = ours(msg), theirs(msg)
-                assert enc_a == enc_b and a.dtype == b.dtype
+        with bags.open_bag(tmp_path / f"b{k}") as bag:
+            for message in bags.iter_raw(bag, ["/thermal/image", "/rgb/image"]):
+                which = "thermal" if message.topic == "/thermal/image" else "rgb"
+                ours = bags.deserialize(bag, message, store)
+                theirs = serialization.deserialize_message(message.raw, rclpy_types[message.msgtype])
+                (a, enc_a), (b, enc_b) = bags.decode_image(ours, which), bags.decode_image(theirs, which)
+                assert enc_a == enc_b and a.dtype == b.dtype and a.shape[:2] == (60, 80)
                 np.testing.assert_array_equal(a, b)
-    store = bags.typestore()
+                decoded += 1
+    assert decoded == 4 * 2 * 2
     padded = bags.image_message(store, np.zeros((4, 6), np.uint8), "mono8", 0, "f")
     padded.step = 8  # rows of 8 bytes for 6 pixels, but data holds only 24 bytes
-    for decode in (lambda m: bags.decode_image(m, "thermal"), conversion.thermal_to_array):
+    rclpy_padded = sensor_msgs.Image(height=4, width=6, encoding="mono8", step=8, data=bytes(24))
+    for msg in (padded, rclpy_padded):
         with pytest.raises(ValueError) as error:
-            decode(padded)
+            bags.decode_image(msg, "thermal")
         assert error.value.reason == "thermal_data_size"
 
 
@@ -338,6 +349,14 @@ def test_pairing_edge_cases_written_from_the_real_algorithm():
     }
     # slop 0: identical stamps only (the node then uses TimeSynchronizer).
     assert _ours([(0, 5), (1, 6), (1, 5)], 10, 0.0)[0] == [(5, 5)]
+    # Equally close candidates: queue insertion order decides (stable sort on the distance), not the stamp.
+    # Checked on the reference too (the test double must behave as the real code here).
+    tie = [(0, 30 * ms), (0, 10 * ms), (1, 20 * ms)]
+    assert _ours(tie, 10, 0.05)[0] == _reference_pairs(tie, 10, 0.05) == [(30 * ms, 20 * ms)]
+    # slop -> ns truncates as rclpy's Duration(seconds=slop): 0.00013 s is 129999 ns, so 129999 ns never pairs.
+    edge = [(0, 0), (1, 129_999)]
+    assert _ours(edge, 10, 0.00013)[0] == _reference_pairs(edge, 10, 0.00013) == []
+    assert _ours(edge, 10, 0.00014)[0] == _reference_pairs(edge, 10, 0.00014) == [(0, 129_999)]
 
 
 # ------------------------------------------------------------------------- stamps backwards, bad images

@@ -24,7 +24,6 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ from sgdfuse_ros.msg import FusionStats, StageTiming
 from sgdfuse_ros.pipeline import FusionPipeline
 from sgdfuse_ros.ros.conversion import array_to_image, copy_header, rgb_to_array, thermal_to_array
 from sgdfuse_ros.ros.throttle import ReasonThrottle
+from sgdfuse_ros.sync import RGB, THERMAL, TOPIC_LABELS, PairAccounting, stamp_ns
 
 __all__ = [
     "DEFAULT_NODE_NAME",
@@ -63,8 +63,6 @@ __all__ = [
 ]
 
 DEFAULT_NODE_NAME = "sgdfuse"
-THERMAL, RGB = 0, 1
-TOPIC_LABELS = ("thermal", "rgb")
 #: Consecutive CUDA out-of-memory errors after which the pipeline moves to the CPU.
 OOM_CPU_FALLBACK_AFTER = 3
 #: Consecutive pipeline failures after which diagnostics report ERROR.
@@ -185,89 +183,9 @@ def output_qos_profile(name: str) -> QoSProfile:
 
 
 # --------------------------------------------------------------------------------------------------
-# Accounting
+# Hand-over from the synchronizer to the worker (the counters, PairAccounting, are in sgdfuse_ros.sync,
+# shared with the offline bag tools)
 # --------------------------------------------------------------------------------------------------
-
-
-def _stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-class PairAccounting:
-    """Thread-safe counters of received, paired, unpaired, fused and dropped messages / pairs.
-
-    Unpaired rule (mirrors message_filters.ApproximateTimeSynchronizer, which keeps unmatched
-    messages per topic keyed by stamp, at most ``queue_size`` of them, and pairs two messages only
-    when their stamps differ by less than ``slop``): a message that has not been part of a pair is
-    *pending*. It becomes *unpaired* (counted once, for its topic) when
-
-    1. a message on the other topic arrives with a stamp later than its stamp + slop: with stamps
-       increasing per topic, no later partner can be within the slop any more; or
-    2. more than ``queue_size`` messages of its topic are pending: the synchronizer evicts the
-       oldest stamp of that topic, so the oldest pending one can never pair; or
-    3. another message of its topic arrives with the same stamp (the synchronizer's queue is keyed
-       by stamp, so the newer one replaces it).
-
-    Stamps going backwards on one topic can make a message counted as unpaired pair later; the
-    counters stay as they are then (documented limitation).
-    """
-
-    def __init__(self, slop_s: float, queue_size: int) -> None:
-        self._slop_ns = int(round(slop_s * 1e9))
-        self._queue_size = int(queue_size)
-        self._lock = threading.Lock()
-        self._pending: tuple[dict[int, None], dict[int, None]] = ({}, {})
-        self.received = [0, 0]
-        self.unpaired = [0, 0]
-        self.paired = 0
-        self.fused = 0
-        self.dropped: Counter[str] = Counter()
-
-    def on_message(self, topic: int, stamp_ns: int) -> None:
-        """A message arrived on ``topic`` (THERMAL or RGB); called before the synchronizer sees it."""
-        with self._lock:
-            self.received[topic] += 1
-            other = 1 - topic
-            stale = [s for s in self._pending[other] if stamp_ns > s + self._slop_ns]
-            for s in stale:
-                del self._pending[other][s]
-            self.unpaired[other] += len(stale)
-            mine = self._pending[topic]
-            if stamp_ns in mine:
-                self.unpaired[topic] += 1
-            mine[stamp_ns] = None
-            while len(mine) > self._queue_size:
-                del mine[min(mine)]
-                self.unpaired[topic] += 1
-
-    def on_pair(self, thermal_ns: int, rgb_ns: int) -> None:
-        """The synchronizer paired these two stamps."""
-        with self._lock:
-            self.paired += 1
-            self._pending[THERMAL].pop(thermal_ns, None)
-            self._pending[RGB].pop(rgb_ns, None)
-
-    def on_fused(self) -> None:
-        with self._lock:
-            self.fused += 1
-
-    def on_dropped(self, reason: str) -> None:
-        with self._lock:
-            self.dropped[reason] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        """Cumulative counters: received/unpaired per topic, paired, fused, dropped (total and by reason)."""
-        with self._lock:
-            return {
-                "received_thermal": self.received[THERMAL],
-                "received_rgb": self.received[RGB],
-                "paired": self.paired,
-                "unpaired_thermal": self.unpaired[THERMAL],
-                "unpaired_rgb": self.unpaired[RGB],
-                "fused": self.fused,
-                "dropped": sum(self.dropped.values()),
-                "dropped_by_reason": dict(self.dropped),
-            }
 
 
 @dataclass
@@ -513,11 +431,11 @@ class FusionNode(Node):
 
     # -- callbacks (executor thread; cheap) --------------------------------------------------------
     def _on_message(self, msg: Image | CompressedImage, topic: int) -> None:
-        self._accounting.on_message(topic, _stamp_ns(msg.header.stamp))
+        self._accounting.on_message(topic, stamp_ns(msg.header))
 
     def _on_pair(self, thermal: Image | CompressedImage, rgb: Image | CompressedImage) -> None:
         # Runs inside the synchronizer (holding its lock): hand over and return.
-        self._accounting.on_pair(_stamp_ns(thermal.header.stamp), _stamp_ns(rgb.header.stamp))
+        self._accounting.on_pair(stamp_ns(thermal.header), stamp_ns(rgb.header))
         replaced = self._mailbox.put(_Pair(thermal, rgb, time.monotonic()))
         if replaced is not None:
             self._drop(
@@ -638,7 +556,7 @@ class FusionNode(Node):
         stats.device = device
         stats.timings = [StageTiming(stage=k, milliseconds=float(v)) for k, v in result.timings_ms.items()]
         stats.latency_ms = float(latency_ms)
-        stats.stamp_difference_ms = (_stamp_ns(pair.thermal.header.stamp) - _stamp_ns(pair.rgb.header.stamp)) / 1e6
+        stats.stamp_difference_ms = (stamp_ns(pair.thermal.header) - stamp_ns(pair.rgb.header)) / 1e6
         for key in ("received_thermal", "received_rgb", "paired", "unpaired_thermal", "unpaired_rgb", "fused"):
             setattr(stats, key, int(counts[key]))
         stats.dropped = int(counts["dropped"])

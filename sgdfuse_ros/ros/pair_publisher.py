@@ -28,12 +28,12 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from sgdfuse_ros.cli import find_pairs
 from sgdfuse_ros.config import ThermalConfig
 from sgdfuse_ros.ros.conversion import array_to_image
 
-__all__ = ["counts_from_mono8", "default_pairs_dir", "find_pairs", "load_pair", "main"]
+__all__ = ["counts_from_mono8", "default_pairs_dir", "load_pair", "main"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 THERMAL_FRAME_ID = "thermal"
 RGB_FRAME_ID = "rgb_camera"
 
@@ -55,22 +55,6 @@ def default_pairs_dir() -> Path:
     raise FileNotFoundError(
         "bundled sample pairs not found (looked in: " + ", ".join(str(c) for c in candidates) + "); pass --pairs DIR"
     )
-
-
-def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
-    """(ir, vi) file pairs of ``folder``/ir and ``folder``/vi that share a stem, sorted by stem."""
-    ir_dir, vi_dir = folder / "ir", folder / "vi"
-    if not ir_dir.is_dir() or not vi_dir.is_dir():
-        raise FileNotFoundError(f"{folder} must contain ir/ and vi/ folders")
-    visible = {p.stem: p for p in vi_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs = [
-        (p, visible[p.stem])
-        for p in sorted(ir_dir.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in visible
-    ]
-    if not pairs:
-        raise FileNotFoundError(f"no pairs with matching names in {ir_dir} and {vi_dir}")
-    return pairs
 
 
 def counts_from_mono8(
@@ -183,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(remove_ros_args(args=argv)[1:])
     try:
         folder = args.pairs if args.pairs is not None else default_pairs_dir()
-        pairs = [load_pair(ir, vi, args.thermal_encoding, args.size) for ir, vi in find_pairs(folder)]
+        found = find_pairs(folder)
+        if not found:
+            raise FileNotFoundError(f"no pairs with matching names in {folder / 'ir'} and {folder / 'vi'}")
+        pairs = [load_pair(ir, vi, args.thermal_encoding, args.size) for _, ir, vi in found]
     except FileNotFoundError as error:
         print(f"pair_publisher: {error}", file=sys.stderr)
         sys.exit(1)

@@ -13,10 +13,13 @@ implementation that the node relies on, not its code:
 * ``ApproximateTimeSynchronizer(fs, queue_size, slop, allow_headerless=False)`` keeps one dict per
   input keyed by the header stamp in nanoseconds (a duplicate stamp replaces the earlier message),
   evicts the oldest stamp when a queue holds more than ``queue_size``, and on each arrival looks
-  in the other queues for stamps within ``slop`` of the new one (closest first); a combination whose
-  spread is strictly below ``slop`` is emitted (one message per input, in ``fs`` order) and removed
-  from the queues. Unmatched messages yield nothing and are not reported. The user callback runs
-  while the synchronizer's lock is held. Headerless messages are ignored unless ``allow_headerless``.
+  in the other queues for stamps within ``slop`` of the new one (closest first; a stable sort on the
+  distance, so ties keep queue insertion order); a combination whose spread is strictly below
+  ``slop`` is emitted (one message per input, in ``fs`` order) and removed from the queues.
+  Unmatched messages yield nothing and are not reported. The user callback runs while the
+  synchronizer's lock is held. Headerless messages are ignored unless ``allow_headerless``.
+  ``slop`` becomes integer nanoseconds as the real code's ``rclpy.duration.Duration(seconds=slop)``
+  does: ``int(slop * 10**9)``, truncating.
 
 Only what sgdfuse_ros uses is provided (no Cache, Chain, TimeSequencer).
 """
@@ -118,7 +121,8 @@ class ApproximateTimeSynchronizer(TimeSynchronizer):
 
     def __init__(self, fs: list, queue_size: int, slop: float, allow_headerless: bool = False) -> None:
         super().__init__(fs, queue_size)
-        self.slop_ns = int(round(float(slop) * 1e9))
+        # As the real code's rclpy Duration(seconds=slop): int(seconds * 10**9), truncating.
+        self.slop_ns = int(slop * 1_000_000_000)
         self.allow_headerless = allow_headerless
 
     def add(self, msg: Any, my_queue: dict[int, Any], my_queue_index: int | None = None) -> None:
@@ -134,10 +138,11 @@ class ApproximateTimeSynchronizer(TimeSynchronizer):
             others = [i for i in range(len(self.queues)) if i != my_queue_index]
             candidates = []
             for i in others:
-                near = sorted((abs(s - stamp), s) for s in self.queues[i] if abs(s - stamp) <= self.slop_ns)
+                near = [s for s in self.queues[i] if abs(s - stamp) <= self.slop_ns]
                 if not near:
                     return
-                candidates.append([s for _, s in near])
+                # Stable sort by distance only, as the real code: ties keep queue insertion order.
+                candidates.append(sorted(near, key=lambda s: abs(s - stamp)))
             for combination in itertools.product(*candidates):
                 stamps = list(combination)
                 if my_queue_index is not None:
