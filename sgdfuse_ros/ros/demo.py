@@ -1,13 +1,14 @@
 """Live demo: the fusion node on real rclpy, fed with the bundled real pairs; fused frames written to disk.
 
-    python -m sgdfuse_ros.ros.demo [--out out/demo] [--pairs samples/pairs] [--thermal-encoding mono16]
+    ros2 run sgdfuse_ros demo [--out out/demo] [--pairs samples/pairs] [--thermal-encoding mono16]
 
 Starts the node (``python -m sgdfuse_ros.ros.node`` with config/fuse.yaml) as its own process, then
 publishes each pair on ``thermal/image`` (mono16 radiometric counts by default) and ``rgb/image``
 (reliable QoS on both ends) with one stamp, waits for ``fused/image``, both masks and
 ``fused/stats`` carrying that stamp, and writes ``<out>/<pair>_fused.png``, ``_mask_ir.png`` and
-``_mask_vis.png``. One pair at a time, so every pair is fused (the node drops superseded pairs by design when frames arrive faster than it
-fuses). Discovery stays on this machine and on a private domain unless ROS_DOMAIN_ID is set.
+``_mask_vis.png``. One pair at a time, so every pair is fused (the node drops superseded pairs by
+design when frames arrive faster than it fuses). Discovery stays on this machine and on a private
+domain unless ROS_DOMAIN_ID is set.
 
 message_filters is part of every ROS 2 install but not installable from PyPI. When it cannot be
 imported (a machine with only the PyPI wheels), the node process is given the test double from the
