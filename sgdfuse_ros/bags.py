@@ -101,21 +101,10 @@ class BagError(ValueError):
 
 
 def _msg_dir() -> Path:
-    """Folder holding FusionStats.msg / StageTiming.msg: the source tree, or share/sgdfuse_ros/msg when installed."""
-    import sys
+    """Folder holding FusionStats.msg / StageTiming.msg: share/sgdfuse_ros/msg when installed, else msg/."""
+    from .resources import find_resource
 
-    here = Path(__file__).resolve().parent
-    candidates = [here.parent / "msg", Path(sys.prefix) / "share" / "sgdfuse_ros" / "msg"]
-    try:  # installed with colcon: found through the ament index
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("sgdfuse_ros")) / "msg")
-    except Exception:  # noqa: BLE001 - no ament index (pip install): the other candidates remain
-        pass
-    for candidate in candidates:
-        if (candidate / "FusionStats.msg").is_file():
-            return candidate
-    raise FileNotFoundError(f"FusionStats.msg not found in any of: {', '.join(str(c) for c in candidates)}")
+    return find_resource("msg/FusionStats.msg").parent
 
 
 @functools.cache

@@ -467,19 +467,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
 
 
 def default_config_path() -> Path:
-    """config/fuse.yaml: in the source tree, or under share/sgdfuse_ros when installed with colcon."""
-    here = Path(__file__).resolve().parent
-    candidates = [here.parent / "config" / "fuse.yaml", here / "data" / "fuse.yaml"]
-    try:  # installed by colcon: share/sgdfuse_ros/config/fuse.yaml, found through the ament index
-        from ament_index_python.packages import get_package_share_directory
+    """config/fuse.yaml of the installed package or the source tree (FileNotFoundError if neither has it)."""
+    from .resources import find_resource
 
-        candidates.insert(0, Path(get_package_share_directory("sgdfuse_ros")) / "config" / "fuse.yaml")
-    except Exception:  # noqa: BLE001 - no ament index (pip install): use the other candidates
-        pass
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return candidates[-1]
+    return find_resource("config/fuse.yaml")
 
 
 def render_parameter_yaml() -> str:

@@ -81,3 +81,14 @@ def test_overrides_from_yaml_file_and_dict(tmp_path):
 def test_missing_config_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_package_resources_are_found_and_missing_ones_say_where_they_were_looked_for():
+    from sgdfuse_ros.config import default_config_path
+    from sgdfuse_ros.resources import find_resource
+
+    assert load_config(default_config_path()) == FuseConfig()
+    assert (find_resource("samples/pairs") / "ir").is_dir()
+    assert find_resource("msg/FusionStats.msg").is_file()
+    with pytest.raises(FileNotFoundError, match="looked in: .*nothing/here"):
+        find_resource("nothing/here")

@@ -18,6 +18,7 @@ import torch
 from sgdfuse_ros.cli import find_pairs, main
 from sgdfuse_ros.config import FuseConfig
 from sgdfuse_ros.evaluation import baselines
+from sgdfuse_ros.evaluation import report as report_module
 from sgdfuse_ros.evaluation.run import (
     OURS,
     OURS_F1,
@@ -228,6 +229,8 @@ def test_evaluate_command_on_two_bundled_pairs_with_peers(tmp_path, capsys):
     assert copy_scores["SCD"] is None and np.isnan(direct["SCD"])  # F - A is constant: NaN, written as null
 
     report = (out / "report.md").read_text()
+    # results.json holds everything the report shows: regenerating it from the file gives the same markdown.
+    assert report_module.markdown_report(json.loads((out / "results.json").read_text())) == report
     assert "| SeAFusion | 1 |" in report and "| ours on the same 1 | 1 |" in report
     assert "| CopyOfIR | 2 |" in report and "| pixel average | 2 |" in report
     sheet = cv2.imread(str(out / "contact_sheet.png"))

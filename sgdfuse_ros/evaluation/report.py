@@ -106,11 +106,28 @@ def peer_table(summary: dict[str, Any]) -> str:
     return _table(["method", "n", *METRIC_NAMES, "ours ≥ peer (of 9)"], rows)
 
 
+def _deltas(full: dict[str, float] | None, variant: dict[str, float] | None, threshold: float = 1.0) -> str:
+    """Relative change of ``variant`` against ``full`` per metric, largest first, only beyond ``threshold`` %."""
+    if not full or not variant:
+        return ""
+    changes = []
+    for name in METRIC_NAMES:
+        a, b = full[name], variant[name]
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == 0:
+            continue
+        changes.append((100.0 * (b - a) / abs(a), name))
+    shown = sorted((c for c in changes if abs(c[0]) >= threshold), key=lambda c: -abs(c[0]))
+    if not shown:
+        return f"all within {threshold:g} %"
+    return ", ".join(f"{name} {value:+.1f} %" for value, name in shown)
+
+
 def ablation_table(summary: dict[str, Any]) -> str:
     """Ablation rows; unavailable variants say why instead of showing numbers."""
     ablation = summary.get("ablations")
     if not ablation:
         return "_Ablations not run (use --ablations)._"
+    full = next((r.get("mean") for r in ablation["rows"] if r["key"] == "full"), None)
     rows, values = [], []
     for r in ablation["rows"]:
         if r.get("mean"):
@@ -119,9 +136,19 @@ def ablation_table(summary: dict[str, Any]) -> str:
         else:
             cells = ["—"] * len(METRIC_NAMES)
             values.append(None)
-        rows.append([r["label"], str(r["n"]), *cells, _count(r.get("full_at_least")), r["note"] or r["description"]])
+        delta = _deltas(full, r.get("mean")) if r["key"] != "full" else ""
+        rows.append(
+            [
+                r["label"],
+                str(r["n"]),
+                *cells,
+                _count(r.get("full_at_least")),
+                delta,
+                r["note"] or r["description"],
+            ]
+        )
     _bold_best(rows, values, 2)
-    return _table(["variant", "n", *METRIC_NAMES, "full ≥ it (of 9)", "note"], rows)
+    return _table(["variant", "n", *METRIC_NAMES, "full ≥ it (of 9)", "change vs full (beyond ±1 %)", "note"], rows)
 
 
 def markdown_report(summary: dict[str, Any]) -> str:
@@ -274,7 +301,8 @@ def bar_chart(summary: dict[str, Any], path: str | Path) -> list[str]:
     ax.set_ylabel("mean / best mean of the metric")
     ax.set_ylim(min(0.0, float(np.nanmin(normalised)) - 0.05), 1.08)
     ax.axhline(1.0, color="grey", lw=0.6)
-    ax.set_title(f"{summary['dataset'] or 'dataset'}: {n} pairs, each metric normalised by its best method")
+    name = Path(summary["dataset"]).name if summary.get("dataset") else "dataset"
+    ax.set_title(f"{name}: {n} pairs, each metric normalised by its best method")
     # Legend under the axes: inside, it would hide the short bars.
     ax.legend(fontsize=8, ncol=min(4, len(chosen)), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()

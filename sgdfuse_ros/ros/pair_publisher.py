@@ -30,6 +30,7 @@ from std_msgs.msg import Header
 
 from sgdfuse_ros.cli import find_pairs
 from sgdfuse_ros.config import ThermalConfig
+from sgdfuse_ros.resources import find_resource
 from sgdfuse_ros.ros.conversion import array_to_image
 
 __all__ = ["counts_from_mono8", "default_pairs_dir", "load_pair", "main"]
@@ -40,21 +41,7 @@ RGB_FRAME_ID = "rgb_camera"
 
 def default_pairs_dir() -> Path:
     """The bundled sample pairs: share/sgdfuse_ros/samples/pairs when installed, else the source tree's."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory("sgdfuse_ros")) / "samples" / "pairs")
-    except Exception:  # noqa: BLE001 - no ament index (pip install / source tree): try the others
-        pass
-    here = Path(__file__).resolve().parent  # sgdfuse_ros/ros (resolved through symlink installs)
-    candidates.append(here.parent.parent / "samples" / "pairs")
-    for candidate in candidates:
-        if (candidate / "ir").is_dir() and (candidate / "vi").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        "bundled sample pairs not found (looked in: " + ", ".join(str(c) for c in candidates) + "); pass --pairs DIR"
-    )
+    return find_resource("samples/pairs")
 
 
 def counts_from_mono8(
