@@ -516,7 +516,8 @@ def run_evaluation(
                     ablation_rows["stage1_only"].per_image[stem] = row.get(OURS_F1, row[OURS])
                 else:
                     t_v = time.perf_counter()
-                    assert capture is not None and capture.captured is not None
+                    if capture is None or capture.captured is None:
+                        raise RuntimeError("Stage II did not run in the pipeline: nothing to re-run the ablation on")
                     fused_v = _replay(pipeline, variant.refiner, capture.captured)
                     timing[f"ablation:{variant.key}"] = (time.perf_counter() - t_v) * 1000.0
                     ablation_rows[variant.key].per_image[stem] = evaluate(_gray_of_rgb(fused_v), ir_gray, vi_gray)

@@ -52,9 +52,14 @@ def node_environment() -> dict[str, str]:
         env.setdefault("ROS_LOCALHOST_ONLY", "1")
     env["PYTHONUNBUFFERED"] = "1"
     if importlib.util.find_spec("message_filters") is None:
-        doubles = Path(__file__).resolve().parents[2] / "test" / "doubles"
-        if not (doubles / "message_filters").is_dir():
-            raise SystemExit("message_filters is not installed: install ros-$ROS_DISTRO-message-filters")
+        # The source checkout's test/doubles: beside this module in a symlinked install, else the cwd.
+        candidates = [Path(__file__).resolve().parents[2] / "test" / "doubles", Path.cwd() / "test" / "doubles"]
+        doubles = next((c for c in candidates if (c / "message_filters").is_dir()), None)
+        if doubles is None:
+            raise SystemExit(
+                "message_filters is not installed (install ros-$ROS_DISTRO-message-filters), and no test double "
+                f"was found in {', '.join(str(c) for c in candidates)}: run the demo from the source checkout"
+            )
         print(
             "NOTE: message_filters is not installed on this machine (it is not on PyPI); the node runs with the "
             f"TEST DOUBLE from {doubles}. A ROS install provides the real package.",
