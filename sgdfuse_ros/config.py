@@ -499,5 +499,18 @@ def render_parameter_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_parameter_table() -> str:
+    """Markdown table of every parameter (README): name, default, allowed values, run-time status, meaning."""
+    rows = ["| parameter | default | allowed | run time | meaning |", "|---|---|---|---|---|"]
+    for spec in parameter_specs():
+        default = yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        allowed = spec.allowed().removeprefix("allowed: ")
+        status = "read-only" if spec.read_only else "changeable"
+        rows.append(f"| `{spec.name}` | `{default}` | {allowed} | {status} | {spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-    print(render_parameter_yaml(), end="")
+    import sys
+
+    print(render_parameter_table() if "--markdown" in sys.argv else render_parameter_yaml(), end="")

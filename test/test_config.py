@@ -92,3 +92,14 @@ def test_package_resources_are_found_and_missing_ones_say_where_they_were_looked
     assert find_resource("msg/FusionStats.msg").is_file()
     with pytest.raises(FileNotFoundError, match="looked in: .*nothing/here"):
         find_resource("nothing/here")
+
+
+def test_readme_parameter_table_is_the_rendering_of_the_specs():
+    from sgdfuse_ros.config import render_parameter_table
+
+    readme = (REPO / "README.md").read_text()
+    begin = readme.index("<!-- parameter table")
+    table = readme[readme.index("\n", begin) + 1 : readme.index("<!-- end of parameter table -->")]
+    assert table == render_parameter_table()
+    for spec in parameter_specs():
+        assert f"`{spec.name}`" in table
