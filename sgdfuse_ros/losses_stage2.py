@@ -14,6 +14,18 @@ as bright as the thermal camera shows them, not washed out by a brighter visible
 visible structure the fused gradients must follow the visible gradients (texture, not thermal noise); elsewhere
 the Stage I max-intensity / max-gradient objectives apply. Normalising each region by its own mask sum gives small
 targets the same weight as the background, which is the point of the guidance.
+
+``objective="semantic"`` (``--objective semantic``) changes two targets, the rest is unchanged:
+
+    intensity = mean_{M_ir}(|Y - IR|)          + mean_{1 - M_ir}(|Y - Y_vis|)
+    gradient  = mean_{M_vis}(||grad Y| - G_max|) + mean_{1 - M_vis}(||grad Y| - G_max|)
+    G_max     = max(|grad IR|, |grad Y_vis|)
+
+Outside the salient thermal regions the background keeps the visible camera's intensities (and so its
+contrast: a dark night sky stays dark instead of being lifted to the thermal haze that max(IR, Y_vis) gives);
+the thermal intensity is asked for only where the prior says a warm target is. The gradient target is the
+strongest edge of either input everywhere; M_vis only re-weights (salient visible structure counts as much as
+the rest of the image).
 """
 
 from __future__ import annotations
@@ -32,7 +44,10 @@ __all__ = [
     "chroma_loss",
     "mask_guided_gradient_loss",
     "mask_guided_intensity_loss",
+    "OBJECTIVES",
 ]
+
+OBJECTIVES = ("max", "semantic")
 
 
 def _check_mask(mask: Tensor, like: Tensor, name: str) -> None:
@@ -40,20 +55,26 @@ def _check_mask(mask: Tensor, like: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be [N,1,H,W] matching {tuple(like.shape)}, got {tuple(mask.shape)}")
 
 
-def mask_guided_intensity_loss(fused_y: Tensor, ir: Tensor, vis_y: Tensor, mask_ir: Tensor) -> Tensor:
-    """Thermal intensity inside M_ir, max intensity outside.
+def mask_guided_intensity_loss(
+    fused_y: Tensor, ir: Tensor, vis_y: Tensor, mask_ir: Tensor, outside_target: str = "max"
+) -> Tensor:
+    """Thermal intensity inside M_ir; outside, max intensity (default) or the visible luminance.
 
     Args:
         fused_y: fused luminance [N,1,H,W] in [0,1].
         ir: thermal [N,1,H,W] in [0,1].
         vis_y: visible luminance [N,1,H,W] in [0,1].
         mask_ir: [N,1,H,W] in [0,1], the salient thermal regions.
+        outside_target: "max" (max(IR, Y_vis)) or "vis" (Y_vis, the semantic objective).
     Returns:
-        Scalar >= 0: mean_{M_ir}|Y - IR| + mean_{1-M_ir}|Y - max(IR, Y_vis)|.
+        Scalar >= 0: mean_{M_ir}|Y - IR| + mean_{1-M_ir}|Y - T| with T = max(IR, Y_vis) or Y_vis.
     """
     _check_mask(mask_ir, fused_y, "mask_ir")
+    if outside_target not in ("max", "vis"):
+        raise ValueError(f"outside_target must be 'max' or 'vis', got {outside_target!r}")
     inside = masked_mean((fused_y - ir).abs(), mask_ir)
-    outside = masked_mean((fused_y - torch.maximum(ir, vis_y)).abs(), 1.0 - mask_ir)
+    target = torch.maximum(ir, vis_y) if outside_target == "max" else vis_y
+    outside = masked_mean((fused_y - target).abs(), 1.0 - mask_ir)
     return inside + outside
 
 
@@ -95,7 +116,9 @@ class Stage2LossOutput(NamedTuple):
 class Stage2Loss(nn.Module):
     """Stage II objective on the predicted clean image (weights: the authors' 1.5 / 1.0 for intensity / gradient).
 
-    ``vis_gradient_target`` is passed to ``mask_guided_gradient_loss`` as ``inside_target`` ("vis" by default).
+    ``objective``: "max" (default; max(IR, Y_vis) intensity target outside M_ir) or "semantic" (Y_vis outside
+    M_ir; see the module docstring). ``vis_gradient_target`` is passed to ``mask_guided_gradient_loss`` as
+    ``inside_target``; None means "vis" for the "max" objective and "max" for the "semantic" one.
 
     forward(x0_rgb [N,3,H,W] in [0,1], ir [N,1,H,W], vis_rgb [N,3,H,W], f1 [N,3,H,W], mask_ir, mask_vis
     [N,1,H,W], all in [0,1]) -> Stage2LossOutput.
@@ -107,9 +130,15 @@ class Stage2Loss(nn.Module):
         gradient_weight: float = 1.0,
         chroma_weight: float = 1.0,
         anchor_weight: float = 0.1,
-        vis_gradient_target: str = "vis",
+        vis_gradient_target: str | None = None,
+        objective: str = "max",
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
+        if vis_gradient_target is None:
+            vis_gradient_target = "max" if objective == "semantic" else "vis"
         if vis_gradient_target not in ("vis", "max"):
             raise ValueError(f"vis_gradient_target must be 'vis' or 'max', got {vis_gradient_target!r}")
         self.vis_gradient_target = vis_gradient_target
@@ -123,7 +152,8 @@ class Stage2Loss(nn.Module):
     ) -> Stage2LossOutput:
         fused_y = split_luma_chroma(x0_rgb)[0]
         vis_y = split_luma_chroma(vis_rgb)[0]
-        l_int = mask_guided_intensity_loss(fused_y, ir, vis_y, mask_ir)
+        outside = "vis" if self.objective == "semantic" else "max"
+        l_int = mask_guided_intensity_loss(fused_y, ir, vis_y, mask_ir, outside)
         l_grad = mask_guided_gradient_loss(fused_y, ir, vis_y, mask_vis, self.vis_gradient_target)
         l_chroma = chroma_loss(x0_rgb, vis_rgb)
         l_anchor = (x0_rgb - f1).abs().mean()
@@ -139,5 +169,5 @@ class Stage2Loss(nn.Module):
         return (
             f"intensity_weight={self.intensity_weight}, gradient_weight={self.gradient_weight}, "
             f"chroma_weight={self.chroma_weight}, anchor_weight={self.anchor_weight}, "
-            f"vis_gradient_target={self.vis_gradient_target!r}"
+            f"vis_gradient_target={self.vis_gradient_target!r}, objective={self.objective!r}"
         )

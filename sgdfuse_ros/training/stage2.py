@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ..imaging import merge_luma_chroma, split_luma_chroma
-from ..losses_stage2 import Stage2Loss
+from ..losses_stage2 import OBJECTIVES, Stage2Loss
 from ..models.diffusion import NoiseSchedule, ScheduleConfig
 from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
 from .data import HELD_OUT_NAMES, list_pairs
@@ -102,10 +102,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chroma-weight", type=float, default=1.0)
     g.add_argument("--anchor-weight", type=float, default=0.1)
     g.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="max",
+        help="max: intensity target max(IR, VIS) outside M_ir (default); semantic: the visible luminance outside "
+        "M_ir and the max-gradient target everywhere (losses_stage2)",
+    )
+    g.add_argument(
         "--vis-gradient-target",
         choices=("vis", "max"),
-        default="vis",
-        help="gradient target inside M_vis: the visible gradients (default) or max(IR, VIS) like outside",
+        default=None,
+        help="gradient target inside M_vis: the visible gradients or max(IR, VIS) like outside "
+        "(default: vis with --objective max, max with --objective semantic)",
     )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
@@ -398,7 +406,12 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
     schedule = NoiseSchedule(ScheduleConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     criterion = Stage2Loss(
-        args.intensity_weight, args.gradient_weight, args.chroma_weight, args.anchor_weight, args.vis_gradient_target
+        args.intensity_weight,
+        args.gradient_weight,
+        args.chroma_weight,
+        args.anchor_weight,
+        args.vis_gradient_target,
+        args.objective,
     )
     t_max = schedule.start_timestep(args.max_strength)
     step, elapsed, commands = 0, 0.0, [_command_line(ddp.world)]
@@ -517,6 +530,7 @@ def _export(
     world: int,
 ) -> dict:
     out = Path(args.out)
+    criterion_target = args.vis_gradient_target or ("max" if args.objective == "semantic" else "vis")
     export = Path(args.export) if args.export else out / "stage2.pt"
     export.parent.mkdir(parents=True, exist_ok=True)
     manifest = data.manifest
@@ -555,7 +569,8 @@ def _export(
                 "chroma": args.chroma_weight,
                 "anchor": args.anchor_weight,
             },
-            "gradient_target_inside_m_vis": args.vis_gradient_target,
+            "objective": args.objective,
+            "gradient_target_inside_m_vis": criterion_target,
             "seed": args.seed,
             "augmentation": "random square crops, horizontal and vertical flips",
         },
