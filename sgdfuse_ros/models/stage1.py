@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import cpu_state_dict, read_checkpoint
+
 __all__ = [
     "MSFEM",
     "CrossAttentionFusion",
@@ -360,8 +362,7 @@ def default_stage1_weights_path() -> Path:
 
 def stage1_checkpoint(model: StageOneFusion) -> dict:
     """The shipped checkpoint format: {"config": dict, "state_dict": {name: float32 CPU tensor}}."""
-    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
-    return {"config": model.config.to_dict(), "state_dict": state}
+    return {"config": model.config.to_dict(), "state_dict": cpu_state_dict(model)}
 
 
 def load_stage1(path: str | Path, device: str | torch.device = "cpu") -> StageOneFusion:
@@ -371,14 +372,8 @@ def load_stage1(path: str | Path, device: str | torch.device = "cpu") -> StageOn
         FileNotFoundError: ``path`` does not exist (the message names it).
         ValueError: the file is unreadable or does not hold a matching Stage I checkpoint (names the path).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Stage I weights not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types (pickle, zip, runtime) for a bad file
-        raise ValueError(f"cannot read Stage I weights {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
+    ckpt = read_checkpoint(path, device, "Stage I")
+    if not isinstance(ckpt.get("config"), dict):
         raise ValueError(f"{path} is not a Stage I checkpoint (expected a dict with 'config' and 'state_dict')")
     try:
         model = StageOneFusion(Stage1Config.from_dict(ckpt["config"]))

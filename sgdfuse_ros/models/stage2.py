@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import cpu_state_dict, read_checkpoint
 from .diffusion import DDIMSampler, NoiseSchedule, ScheduleConfig
 from .hfah import HierarchicalFeatureAggregationHead, PlainHead
 from .unet import UNet
@@ -177,12 +178,11 @@ def default_stage2_weights_path() -> Path:
 
 def stage2_checkpoint(model: Stage2Model, schedule: NoiseSchedule, extra: dict | None = None) -> dict:
     """The shipped checkpoint format: {"format", "config", "schedule", "state_dict" (float32 CPU), "meta"}."""
-    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
     return {
         "format": CHECKPOINT_FORMAT,
         "config": model.config.to_dict(),
         "schedule": schedule.config.to_dict(),
-        "state_dict": state,
+        "state_dict": cpu_state_dict(model),
         "meta": dict(extra or {}),
     }
 
@@ -194,14 +194,8 @@ def load_stage2(path: str | Path, device: str | torch.device = "cpu") -> tuple[S
         FileNotFoundError: ``path`` does not exist (the message names it).
         ValueError: unreadable file or not a matching Stage II checkpoint (the message names the path).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Stage II weights not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types (pickle, zip, runtime) for a bad file
-        raise ValueError(f"cannot read Stage II weights {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
+    ckpt = read_checkpoint(path, device, "Stage II")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a Stage II checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     try:
         model = Stage2Model(Stage2Config.from_dict(ckpt["config"]))
