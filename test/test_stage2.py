@@ -225,6 +225,40 @@ def test_intensity_loss_follows_ir_inside_the_mask_and_max_outside():
     assert mask_guided_intensity_loss(target, ir, glare, torch.zeros_like(mask)).item() == pytest.approx(0.05)
 
 
+
+def test_semantic_intensity_target_outside_the_thermal_mask_is_the_visible_luminance():
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2] = 1.0  # left half is a warm target
+    ir = torch.full((1, 1, 4, 4), 0.6)  # thermal haze over the whole background, brighter than the night scene
+    ir[..., :2] = 0.9
+    vis_y = torch.full((1, 1, 4, 4), 0.1)
+    vis_y[..., 3] = 0.3  # some visible structure in the background
+    semantic = torch.where(mask > 0, ir, vis_y)  # 0.9 on the target, the visible 0.1 / 0.3 elsewhere
+    assert mask_guided_intensity_loss(semantic, ir, vis_y, mask, "vis").item() == pytest.approx(0.0, abs=1e-7)
+    # The default objective wants the thermal haze (max = 0.6) there: the visible-luminance image is 0.5 / 0.3 off.
+    assert mask_guided_intensity_loss(semantic, ir, vis_y, mask).item() == pytest.approx(0.4)
+    hazy = torch.where(mask > 0, ir, torch.maximum(ir, vis_y))
+    assert mask_guided_intensity_loss(hazy, ir, vis_y, mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert mask_guided_intensity_loss(hazy, ir, vis_y, mask, "vis").item() == pytest.approx(0.4)
+    # Inside M_ir the target is still the thermal intensity, whatever the objective.
+    washed = semantic.clone()
+    washed[..., :2] = 0.7
+    assert mask_guided_intensity_loss(washed, ir, vis_y, mask, "vis").item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="outside_target"):
+        mask_guided_intensity_loss(semantic, ir, vis_y, mask, "ir")
+
+    # Through Stage2Loss: a grey RGB image with luminance `semantic` has zero intensity loss with
+    # objective="semantic", and the gradient term then uses the max target inside M_vis too.
+    rgb = semantic.expand(1, 3, 4, 4)
+    vis_rgb = vis_y.expand(1, 3, 4, 4)
+    sem_loss = Stage2Loss(objective="semantic")
+    assert sem_loss.vis_gradient_target == "max" and Stage2Loss().vis_gradient_target == "vis"
+    out = sem_loss(rgb, ir, vis_rgb, rgb, mask, torch.zeros_like(mask))
+    assert out.intensity.item() == pytest.approx(0.0, abs=1e-6)
+    assert Stage2Loss()(rgb, ir, vis_rgb, rgb, mask, torch.zeros_like(mask)).intensity.item() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="objective"):
+        Stage2Loss(objective="sharp")
+
 def test_gradient_loss_ignores_ir_edges_inside_the_visible_mask():
     vis_y = torch.full((1, 1, 8, 8), 0.5)
     ir = torch.zeros(1, 1, 8, 8)
