@@ -14,7 +14,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 from ..losses import Stage1Loss
 from ..models.stage1 import Stage1Config, build_stage1, stage1_checkpoint
+from .common import atomic_save, lr_at
 from .data import HELD_OUT_NAMES, PairSet, sample_batch
 
 __all__ = ["add_stage1_parser", "train_stage1"]
@@ -65,20 +65,6 @@ def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     p.set_defaults(func=train_stage1)
     return p
-
-
-def _lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up then cosine decay from ``lr`` to ``min_lr``; ``step`` counts from 1."""
-    if step <= args.warmup:
-        return args.lr * step / max(1, args.warmup)
-    t = (step - args.warmup) / max(1, args.iters - args.warmup)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _command_line() -> str:
@@ -149,7 +135,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
         }
-        _atomic_save(state, last_path)
+        atomic_save(state, last_path)
 
     new_log = not log_path.exists() or log_path.stat().st_size == 0
     recent: list[list[float]] = []
@@ -167,7 +153,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
             rng = np.random.default_rng([args.seed, step])
             ir, vis_y = sample_batch(data, args.batch, args.crop, rng)
             ir, vis_y = ir.to(device, non_blocking=True), vis_y.to(device, non_blocking=True)
-            lr = _lr_at(step, args)
+            lr = lr_at(step, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             fused = model(ir, vis_y)
@@ -224,7 +210,7 @@ def _export(
 ) -> dict:
     export = Path(args.export) if args.export else Path(args.out) / "stage1.pt"
     export.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(stage1_checkpoint(model), export)
+    atomic_save(stage1_checkpoint(model), export)
     digest = hashlib.sha256(export.read_bytes()).hexdigest()
     device_name = str(device)
     if device.type == "cuda":

@@ -42,6 +42,7 @@ from ..imaging import merge_luma_chroma, split_luma_chroma
 from ..losses_stage2 import OBJECTIVES, Stage2Loss
 from ..models.diffusion import NoiseSchedule, ScheduleConfig
 from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
+from .common import atomic_save, lr_at
 from .data import HELD_OUT_NAMES, list_pairs
 
 __all__ = ["CacheSet", "add_stage2_arguments", "build_cache", "sample_stage2_batch", "train_stage2"]
@@ -282,20 +283,6 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up to ``lr`` then cosine decay to ``min_lr``; ``step`` counts from 1."""
-    if step <= args.warmup:
-        return args.lr * step / max(1, args.warmup)
-    progress = (step - args.warmup) / max(1, args.iters - args.warmup)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _command_line(world: int) -> str:
     script = Path(sys.argv[0]).as_posix() if sys.argv else ""
     module = "sgdfuse_ros.training.stage2" if script.endswith("training/stage2.py") else "sgdfuse_ros.training"
@@ -446,7 +433,7 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
         }
-        _atomic_save(state, last_path)
+        atomic_save(state, last_path)
 
     recent: list[list[float]] = []
     stop = args.iters if args.stop_at is None else min(args.iters, args.stop_at)
@@ -468,7 +455,7 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
                 masks = torch.zeros_like(masks)
             x_t = schedule.add_noise(batch["f1"] * 2.0 - 1.0, noise, t)
             cond = torch.cat([batch["f1"], masks], dim=1)
-            lr = _lr_at(step, args)
+            lr = lr_at(step, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -535,7 +522,7 @@ def _export(
     export.parent.mkdir(parents=True, exist_ok=True)
     manifest = data.manifest
     prior = {"kind": manifest["prior_kind"], "name": manifest["prior"], "masks_used": not args.no_masks}
-    _atomic_save(stage2_checkpoint(model, schedule, {"prior": prior["name"], "masks_used": prior["masks_used"]}),
+    atomic_save(stage2_checkpoint(model, schedule, {"prior": prior["name"], "masks_used": prior["masks_used"]}),
                  export)
     device_name = str(device)
     if device.type == "cuda":

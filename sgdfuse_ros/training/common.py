@@ -1,0 +1,27 @@
+"""Pieces both training stages share: the learning-rate schedule and crash-safe checkpoint writes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_save", "lr_at"]
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warm-up to ``args.lr`` then cosine decay to ``args.min_lr`` at ``args.iters``; ``step`` counts from 1."""
+    if step <= args.warmup:
+        return args.lr * step / max(1, args.warmup)
+    progress = (step - args.warmup) / max(1, args.iters - args.warmup)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file, then rename: an interrupted run never leaves a truncated checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
