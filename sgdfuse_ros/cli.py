@@ -262,6 +262,14 @@ def _add_bag_commands(commands: argparse._SubParsersAction) -> None:
         metavar="S",
         help="wait up to S seconds for a subscriber on every topic before playing",
     )
+    play.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --wait-for-subscribers: S more seconds once they appeared, so both sides finish discovery "
+        "before the first message (a sample sent earlier can be lost; default 1)",
+    )
     play.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], help="rclpy arguments (last)")
     play.set_defaults(handler=_bag_play)
 
@@ -424,6 +432,7 @@ def _bag_play(args: argparse.Namespace) -> int:
         clock_hz=args.clock,
         qos=args.qos,
         wait_for_subscribers=args.wait_for_subscribers,
+        settle=args.settle,
     )
     result = run(args.bag, options, ros_args=args.ros_args)
     published = ", ".join(f"{topic}: {n}" for topic, n in sorted(result["published"].items())) or "nothing"

@@ -126,7 +126,7 @@ def test_live_node_outputs_equal_the_offline_eval(tmp_path, stage1_weights, case
     record_args += ["--ready-file", str(tmp_path / "ready"), "--wait-for-publishers", "90"]
     for topic, msgtype in outputs.items():
         record_args += ["--topic", f"{topic}:{msgtype}"]
-    play_args = [*cli, "play", str(bag), *spec["play"], "--wait-for-subscribers", "60"]
+    play_args = [*cli, "play", str(bag), *spec["play"], "--wait-for-subscribers", "60", "--settle", "1"]
     play_args += ["--topics", "/thermal/image", "/rgb/image"]
     play_args += [
         "--remap",
@@ -253,8 +253,11 @@ def test_player_timing_start_offset_loop_remap_and_clock(tmp_path):
         player = BagPlayer(play_node, bag, options)
         passes = []
 
+        publish_times: list[float] = []
+
         def stop_after_two_passes(topic: str, log_time: int) -> None:
             passes.append(log_time)
+            publish_times.append(time.monotonic())
             if len(passes) == 6:
                 player.stop()
 
@@ -274,8 +277,9 @@ def test_player_timing_start_offset_loop_remap_and_clock(tmp_path):
         original = content[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec]
         assert (msg.encoding, msg.width, msg.height, msg.step) == (original.encoding, 32, 24, original.step)
         assert bytes(msg.data) == original.data.tobytes() and msg.header.frame_id == "rgb_camera"
-    gaps = [b[0] - a[0] for a, b in zip(received[:3], received[1:3], strict=False)]
-    assert all(0.02 < gap < 0.2 for gap in gaps), gaps  # 0.1 s of bag time at rate 2 = 0.05 s
+    # Pacing measured where the player publishes (delivery adds the machine's scheduling noise).
+    gaps = [b - a for a, b in zip(publish_times[:2], publish_times[1:3], strict=True)]
+    assert all(0.04 < gap < 0.2 for gap in gaps), gaps  # 0.1 s of bag time at rate 2 = 0.05 s
     assert clock and all(t0 + 150_000_000 <= c <= t0 + 400_000_000 for c in clock)
     first_pass = clock[: next((i for i in range(1, len(clock)) if clock[i] < clock[i - 1]), len(clock))]
     assert first_pass == sorted(first_pass) and len(first_pass) >= 5  # 100 Hz over >= 0.1 s of wall time

@@ -63,6 +63,7 @@ class PlayOptions:
     clock_hz: float = 0.0  #: publish /clock at this rate (0 = no /clock)
     qos: str = "reliable"  #: "reliable" (depth 10) or "sensor_data" (best effort, depth 5)
     wait_for_subscribers: float = 0.0  #: wait up to this long for every topic to have a subscriber
+    settle: float = 0.0  #: after the subscribers appeared, wait this long more (two-sided discovery)
 
     def check(self) -> None:
         if not self.rate > 0:
@@ -127,11 +128,17 @@ class BagPlayer:
         """Make :meth:`play` return after the message in flight (thread-safe)."""
         self._stopped = True
 
-    def wait_for_subscribers(self, timeout: float) -> bool:
-        """Wait until every played topic has a subscriber (True), or ``timeout`` seconds (False)."""
+    def wait_for_subscribers(self, timeout: float, settle: float = 0.0) -> bool:
+        """Wait until every played topic has a subscriber (True), or ``timeout`` seconds (False).
+
+        Discovery is two-sided: the publisher counts a subscriber before that subscriber has matched the
+        publisher, and a sample sent in between can be lost even on reliable QoS (seen here under load).
+        So after every topic has a subscriber, wait ``settle`` more seconds before the first message.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stopped:
             if all(p.get_subscription_count() > 0 for p in self.publishers.values()):
+                time.sleep(settle)
                 return True
             time.sleep(0.05)
         return all(p.get_subscription_count() > 0 for p in self.publishers.values())
@@ -142,7 +149,9 @@ class BagPlayer:
         ``on_message(topic, log_time)`` is called after each publish (progress, tests).
         """
         options, log = self.options, self.node.get_logger()
-        if options.wait_for_subscribers > 0 and not self.wait_for_subscribers(options.wait_for_subscribers):
+        if options.wait_for_subscribers > 0 and not self.wait_for_subscribers(
+            options.wait_for_subscribers, options.settle
+        ):
             lonely = [
                 self.options.remap.get(t, t) for t, p in self.publishers.items() if p.get_subscription_count() == 0
             ]
