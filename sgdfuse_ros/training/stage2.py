@@ -369,7 +369,10 @@ def train_stage2(args: argparse.Namespace) -> dict | None:
         ddp.barrier()
         if args.cache_only:
             return None
-        return _train(args, out, cache, ddp)
+        result = _train(args, out, cache, ddp)
+        # Rank 0 exports after the others are done; tearing gloo down while it still works aborted rank 1.
+        ddp.barrier()
+        return result
     finally:
         ddp.close()
 
