@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
@@ -64,6 +65,7 @@ class PlayOptions:
     qos: str = "reliable"  #: "reliable" (depth 10) or "sensor_data" (best effort, depth 5)
     wait_for_subscribers: float = 0.0  #: wait up to this long for every topic to have a subscriber
     settle: float = 0.0  #: after the subscribers appeared, wait this long more (two-sided discovery)
+    ack_timeout: float = 10.0  #: reliable QoS: at the end, wait up to this long for subscribers to acknowledge
 
     def check(self) -> None:
         if not self.rate > 0:
@@ -164,6 +166,12 @@ class BagPlayer:
             self.loops += 1
             if not options.loop:
                 break
+        if options.qos == "reliable":
+            # Before the caller destroys the publishers: a reliable sample still unacknowledged (a busy
+            # subscriber) is lost with its writer, typically the last message of the bag.
+            for publisher in self.publishers.values():
+                if not publisher.wait_for_all_acked(Duration(seconds=options.ack_timeout)):
+                    log.warning(f"{publisher.topic_name}: not every message was acknowledged by the subscribers")
         return {"published": dict(self.published), "loops": self.loops}
 
     def _play_once(self, first_offset: int, on_message: Callable[[str, int], None] | None) -> None:
