@@ -74,3 +74,22 @@ def ros_subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def stage1_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Stage I weights for node processes: '' = the shipped file (what a robot runs).
+
+    A checkout without the shipped weights (e.g. while they are being retrained) gets an untrained
+    checkpoint of the same format, so the node tests still exercise the ROS side.
+    """
+    from sgdfuse_ros.models.stage1 import build_stage1, default_stage1_weights_path, stage1_checkpoint
+
+    if default_stage1_weights_path().is_file():
+        return ""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "stage1_untrained.pt"
+    torch.save(stage1_checkpoint(build_stage1()), path)
+    return str(path)

@@ -40,21 +40,6 @@ BUNDLED = REPO / "samples" / "bags" / "sample_pairs_10hz"
 MAX_ABS_DIFF, MAX_FRACTION = 1, 0.01
 
 
-@pytest.fixture(scope="module")
-def stage1_weights(tmp_path_factory) -> str:
-    """'' = the shipped weights; an untrained checkpoint of the same format while they are not in this checkout."""
-    import torch
-
-    from sgdfuse_ros.models.stage1 import build_stage1, default_stage1_weights_path, stage1_checkpoint
-
-    if default_stage1_weights_path().is_file():
-        return ""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "stage1_untrained.pt"
-    torch.save(stage1_checkpoint(build_stage1()), path)
-    return str(path)
-
-
 def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     handle = log.open("w")
     return subprocess.Popen(args, cwd=str(cwd), env=ros_subprocess_env(), stdout=handle, stderr=subprocess.STDOUT)

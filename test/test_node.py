@@ -44,7 +44,6 @@ from sgdfuse_ros.msg import FusionStats  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from sgdfuse_ros.config import FuseConfig, parameter_specs  # noqa: E402
-from sgdfuse_ros.models.stage1 import default_stage1_weights_path  # noqa: E402
 from sgdfuse_ros.pipeline import FusionPipeline  # noqa: E402
 from sgdfuse_ros.ros.conversion import array_to_image, image_to_array  # noqa: E402
 from sgdfuse_ros.ros.node import FusionNode, PairAccounting  # noqa: E402
@@ -197,20 +196,6 @@ class Live:
 def _load_images() -> dict[str, np.ndarray]:
     thermal8, rgb = load_pair(PAIRS / "ir" / "FLIR_06570.jpg", PAIRS / "vi" / "FLIR_06570.jpg", "mono8", (160, 120))
     return {"thermal8": thermal8, "thermal16": counts_from_mono8(thermal8), "rgb": rgb}
-
-
-@pytest.fixture(scope="module")
-def stage1_weights(tmp_path_factory) -> str:
-    """'' = the shipped weights (the node resolves them itself), the configuration the robot runs."""
-    if default_stage1_weights_path().is_file():
-        return ""
-    # Shipped weights not built yet in this checkout: an untrained checkpoint of the same format.
-    from sgdfuse_ros.models.stage1 import build_stage1, stage1_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "stage1_untrained.pt"
-    torch.save(stage1_checkpoint(build_stage1()), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
