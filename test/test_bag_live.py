@@ -262,9 +262,12 @@ def test_player_timing_start_offset_loop_remap_and_clock(tmp_path):
         original = content[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec]
         assert (msg.encoding, msg.width, msg.height, msg.step) == (original.encoding, 32, 24, original.step)
         assert bytes(msg.data) == original.data.tobytes() and msg.header.frame_id == "rgb_camera"
-    # Pacing measured where the player publishes (delivery adds the machine's scheduling noise).
-    gaps = [b - a for a, b in zip(publish_times[:2], publish_times[1:3], strict=True)]
-    assert all(0.04 < gap < 0.2 for gap in gaps), gaps  # 0.1 s of bag time at rate 2 = 0.05 s
+    # Pacing, measured where the player publishes: no message leaves before its time (bag time / rate after
+    # the first; 0.1 s of bag time at rate 2 = 0.05 s). Lateness depends on the machine's load, so it is
+    # only bounded loosely (a scheduler hiccup may delay one message and the next one then catches up).
+    offsets = [t - publish_times[0] for t in publish_times[:3]]
+    assert all(offset >= 0.05 * k - 0.02 for k, offset in enumerate(offsets)), offsets  # 0.02: first publish
+    assert offsets[-1] < 2.0, offsets
     assert clock and all(t0 + 150_000_000 <= c <= t0 + 400_000_000 for c in clock)
     first_pass = clock[: next((i for i in range(1, len(clock)) if clock[i] < clock[i - 1]), len(clock))]
     assert first_pass == sorted(first_pass) and len(first_pass) >= 5  # 100 Hz over >= 0.1 s of wall time
