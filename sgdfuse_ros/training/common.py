@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "lr_at"]
+__all__ = ["atomic_save", "describe_device", "lr_at"]
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -25,3 +25,10 @@ def atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def describe_device(device: torch.device, cpu_note: str = "threads") -> str:
+    """'cuda:0 (NVIDIA H100 ...)' or 'cpu (2 threads)' for the provenance JSON of exported weights."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} {cpu_note})"

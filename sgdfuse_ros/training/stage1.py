@@ -24,7 +24,7 @@ import torch
 
 from ..losses import Stage1Loss
 from ..models.stage1 import Stage1Config, build_stage1, stage1_checkpoint
-from .common import atomic_save, lr_at
+from .common import atomic_save, describe_device, lr_at
 from .data import HELD_OUT_NAMES, PairSet, sample_batch
 
 __all__ = ["add_stage1_parser", "train_stage1"]
@@ -212,11 +212,7 @@ def _export(
     export.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(stage1_checkpoint(model), export)
     digest = hashlib.sha256(export.read_bytes()).hexdigest()
-    device_name = str(device)
-    if device.type == "cuda":
-        device_name += f" ({torch.cuda.get_device_name(device)})"
-    else:
-        device_name += f" ({torch.get_num_threads()} threads)"
+    device_name = describe_device(device)
     record = {
         "format": "sgdfuse_ros stage1 checkpoint: {'config': dict, 'state_dict': float32 tensors}",
         "file": export.name,

@@ -42,7 +42,7 @@ from ..imaging import merge_luma_chroma, split_luma_chroma
 from ..losses_stage2 import OBJECTIVES, Stage2Loss
 from ..models.diffusion import NoiseSchedule, ScheduleConfig
 from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
-from .common import atomic_save, lr_at
+from .common import atomic_save, describe_device, lr_at
 from .data import HELD_OUT_NAMES, list_pairs
 
 __all__ = ["CacheSet", "add_stage2_arguments", "build_cache", "sample_stage2_batch", "train_stage2"]
@@ -527,11 +527,7 @@ def _export(
     prior = {"kind": manifest["prior_kind"], "name": manifest["prior"], "masks_used": not args.no_masks}
     atomic_save(stage2_checkpoint(model, schedule, {"prior": prior["name"], "masks_used": prior["masks_used"]}),
                  export)
-    device_name = str(device)
-    if device.type == "cuda":
-        device_name += f" ({torch.cuda.get_device_name(device)})"
-    else:
-        device_name += f" ({torch.get_num_threads()} threads per process)"
+    device_name = describe_device(device, "threads per process")
     record = {
         "format": "sgdfuse_ros stage2 checkpoint: {'format','config','schedule','state_dict' (float32),'meta'}",
         "file": export.name,
