@@ -4,16 +4,17 @@
 
 Runs on the CPU, and on CUDA too when it is available (``--cpu-only`` skips it). Stage II is switched on
 (``stage2.enabled=true``, shipped weights, configured steps/strength) unless ``--set stage2.enabled=false``.
-For each device: median and max milliseconds of every pipeline stage (preprocess, prior, stage1, stage2,
+For each device: min, median and max milliseconds of every pipeline stage (preprocess, prior, stage1, stage2,
 postprocess, total) and of each Stage II network evaluation (one per sampler step, timed by forward hooks on the
 refiner's network, device-synchronised), plus the sampler's remaining overhead (start noise, DDIM updates).
-Speed targets live here, not in tests.
+The load averages before and after the run are printed too. Speed targets live here, not in tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -95,6 +96,7 @@ def measure(device: str, args: argparse.Namespace) -> dict:
         "stage2": pipeline.refiner.name if pipeline.refiner is not None else None,
         "size": f"{visible.shape[1]}x{visible.shape[0]}",
         "repeats": args.repeats,
+        "min_ms": {name: round(min(values), 2) for name, values in stages.items()},
         "median_ms": {name: round(statistics.median(values), 2) for name, values in stages.items()},
         "max_ms": {name: round(max(values), 2) for name, values in stages.items()},
     }
@@ -122,8 +124,11 @@ def main() -> int:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": args.threads,
+        # Load averages (1, 5, 15 min) before and after: numbers from a busy machine are not idle-machine numbers.
+        "load_average_before": [round(v, 2) for v in os.getloadavg()],
         "results": [measure("cpu", args)],
     }
+    report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     if torch.cuda.is_available() and not args.cpu_only:
         report["gpu"] = torch.cuda.get_device_name(0)
         report["results"].append(measure("cuda", args))

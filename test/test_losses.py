@@ -128,3 +128,25 @@ def test_pixel_average_has_positive_loss_on_bundled_pair():
     # The average halves every difference between the inputs: worse than the max on intensity, and it
     # loses edge strength wherever only one input has the edge.
     assert avg.intensity.item() > 0.01 and avg.gradient.item() > 0.01
+
+
+def test_structure_loss_is_zero_for_identical_sources_and_grows_with_noise():
+    from sgdfuse_ros.losses import structure_loss
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 1, 32, 32, generator=g)
+    assert structure_loss(image, image, image.clone()).item() == pytest.approx(0.0, abs=1e-5)
+    noisy = (image + 0.3 * torch.randn(1, 1, 32, 32, generator=g)).clamp(0, 1)
+    assert structure_loss(noisy, image, image).item() > 0.1
+
+
+def test_gradient_gain_asks_for_stronger_edges():
+    ir = torch.zeros(1, 1, 8, 8)
+    ir[..., 4:] = 0.5
+    vis = torch.zeros_like(ir)
+    # The source itself meets a gain of 1 exactly; a gain of 2 is met by an edge twice as high.
+    assert gradient_loss(ir, ir, vis, gain=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert gradient_loss(2 * ir, ir, vis, gain=2.0).item() == pytest.approx(0.0, abs=1e-3)  # sqrt(eps) floor
+    assert gradient_loss(ir, ir, vis, gain=2.0).item() > 0.1
+    with pytest.raises(ValueError):
+        Stage1Loss(gradient_gain=0.0)

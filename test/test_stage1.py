@@ -230,7 +230,7 @@ def test_shipped_weights_load_with_weights_only_and_document_themselves():
     assert meta["excluded_names"] == list(HELD_OUT_NAMES)
     assert meta["prior"] == "none (Stage I does not use masks)"
     assert meta["config"] == ckpt["config"] and meta["iterations"] > 0
-    assert "LLVIP" in meta["licence"] and meta["dataset"]["pairs"] == 216
+    assert "LLVIP" in meta["licence"] and meta["dataset"]["pairs"] == 194 and len(meta["validation"]["pairs"]) == 22
     for key in ("command", "final_losses", "wall_time_s", "device", "torch_version"):
         assert key in meta
 
@@ -292,7 +292,7 @@ def test_training_resume_matches_uninterrupted_run(tmp_path):
     assert full["dataset"]["pairs"] == 2 and full["excluded_names"] == list(HELD_OUT_NAMES)
     assert len(resumed["resumed_with"]) == 1
     rows = (tmp_path / "b" / "losses.csv").read_text().splitlines()
-    assert rows[0] == "step,total,intensity,gradient,lr,elapsed_s"
+    assert rows[0] == "step,total,intensity,gradient,structure,lr,elapsed_s"
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4]
     assert load_stage1(tmp_path / "b" / "stage1.pt") is not None
 
@@ -307,3 +307,28 @@ def test_reference_attention_helper_matches_sdpa():
     sdpa = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(4, 8))
     with torch.no_grad():
         assert torch.allclose(_reference_attention(attn, tokens, tokens), sdpa, atol=1e-5)
+
+
+def test_training_with_validation_exports_the_best_scored_weights(tmp_path):
+    from sgdfuse_ros.training.data import PairSet, darken
+    from sgdfuse_ros.training.validation import split_validation
+
+    data = _tiny_dataset(tmp_path)
+    pairs = PairSet.load(data)
+    train, val = split_validation(pairs)
+    assert val.names == ["00537D"] and train.names == ["00004N"]  # disjoint, deterministic
+    night = darken(val.vis_y[0])
+    assert night.max() <= 0.25 + 1e-6 and night.mean() < val.vis_y[0].mean()
+
+    argv = ["stage1", "--data", str(data), "--iters", "4", "--batch", "2", "--crop", "32", "--val-every", "2"]
+    record = _train([*argv, "--darken-prob", "0.5", "--out", str(tmp_path / "run")])
+    rows = (tmp_path / "run" / "validation.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [2, 4]
+    scores = {int(r.split(",")[0]): (int(r.split(",")[1]), int(r.split(",")[2])) for r in rows[1:]}
+    assert sorted(p.name for p in (tmp_path / "run" / "validated").iterdir()) == ["step000002.pt", "step000004.pt"]
+    assert record["validation"]["pairs"] == ["00537D"] and record["dataset"]["pairs"] == 1
+    chosen = record["validation"]["chosen_step"]
+    assert scores[chosen] == max(scores.values()) and chosen == max(s for s, v in scores.items() if v == scores[chosen])
+    exported = torch.load(tmp_path / "run" / "stage1.pt", weights_only=True)["state_dict"]
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(exported[k], best[k]) for k in best)

@@ -18,6 +18,7 @@ __all__ = [
     "BASELINES",
     "laplacian_pyramid",
     "laplacian_pyramid_fusion",
+    "maximum_with_visible_chroma",
     "pixel_average",
     "pixel_maximum",
     "reconstruct_laplacian_pyramid",
@@ -51,6 +52,25 @@ def pixel_maximum(ir: np.ndarray, vis: np.ndarray) -> np.ndarray:
     """
     a, b = _pair(ir, vis)
     return np.maximum(a, b)
+
+
+def maximum_with_visible_chroma(ir: np.ndarray, vis_rgb: np.ndarray) -> np.ndarray:
+    """What copying the maximum would publish: luminance ``max(IR, Y_vis)`` with the visible colour kept.
+
+    BT.601 full range, as the pipeline splits and merges: with Cb and Cr fixed, changing Y by d changes R, G and B
+    by d each, so the result is ``clip(RGB + (max(IR, Y) − Y))``.
+
+    Args:
+        ir: grey ``(H, W)`` in ``[0, 255]``; vis_rgb: uint8 RGB ``(H, W, 3)``.
+    Returns:
+        uint8 RGB ``(H, W, 3)``.
+    """
+    rgb = np.asarray(vis_rgb, dtype=np.float64)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != np.shape(ir):
+        raise ValueError(f"expected grey (H, W) and RGB (H, W, 3) of one size, got {np.shape(ir)} and {rgb.shape}")
+    y = rgb @ np.array([0.299, 0.587, 0.114])
+    delta = np.maximum(np.asarray(ir, dtype=np.float64), y) - y
+    return np.clip(np.round(rgb + delta[..., None]), 0, 255).astype(np.uint8)
 
 
 def laplacian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:

@@ -151,6 +151,14 @@ def ablation_table(summary: dict[str, Any]) -> str:
     return _table(["variant", "n", *METRIC_NAMES, "full ≥ it (of 9)", "change vs full (beyond ±1 %)", "note"], rows)
 
 
+def rule_lines(summary: dict[str, Any]) -> str:
+    """One line per (our output, peer covering every pair): the target rule's verdict."""
+    rules = summary.get("quality_rule") or []
+    if not rules:
+        return "No published method covers every pair: the rule needs one (and pixel max)."
+    return "\n".join(f"- {r['ours']} vs {r['peer']} and pixel maximum: {r['text']}" for r in rules)
+
+
 def markdown_report(summary: dict[str, Any]) -> str:
     """The whole report.md."""
     pipe = summary["pipeline"]
@@ -173,6 +181,10 @@ def markdown_report(summary: dict[str, Any]) -> str:
         "## Published methods, each on the pairs it covers",
         "",
         peer_table(summary),
+        "",
+        "## Stage I target rule (evaluation.targets.quality_rule)",
+        "",
+        rule_lines(summary),
         "",
         "## Ablations",
         "",
@@ -231,11 +243,12 @@ def contact_sheet(
     stage2: bool = True,
     tile_width: int = 240,
 ) -> np.ndarray | None:
-    """Write a PNG with one row per sample pair: IR, VIS, M_ir, M_vis, F1, final, then the peers' outputs.
+    """Write a PNG with one row per sample pair: IR, VIS, M_ir, M_vis, F1, final, pixel max, then the peers.
 
     Args:
         rows: dicts with "stem", "ir" (uint8 [H,W]), "vis", "f1", "final" (uint8 RGB [H,W,3]), "mask_ir",
-            "mask_vis" (uint8 [H,W]) and "peers" ({method: uint8 RGB [H,W,3]}).
+            "mask_vis" (uint8 [H,W]), optionally "pixel_max" (uint8 RGB: max(IR, Y_vis) with the visible colour)
+            and "peers" ({method: uint8 RGB [H,W,3]}).
         peer_order: peer columns, in this order (only those present in some row are shown).
     Returns:
         The sheet as uint8 RGB, or None when ``rows`` is empty (nothing is written).
@@ -257,6 +270,8 @@ def contact_sheet(
             _tile(r["f1"], "F1 (Stage I)", tile_width, height),
             _tile(r["final"], final_label, tile_width, height),
         ]
+        if "pixel_max" in r:
+            tiles.append(_tile(r["pixel_max"], "max(IR, Y_vis) + colour", tile_width, height))
         tiles += [_tile(r["peers"].get(p), p, tile_width, height) for p in peers]
         spacer = np.full((_LABEL_H + height, _PAD, 3), 255, np.uint8)
         line = np.concatenate([x for t in tiles for x in (t, spacer)][:-1], axis=1)
@@ -315,7 +330,9 @@ def bar_chart(summary: dict[str, Any], path: str | Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def write_reports(summary: dict[str, Any], out_dir: str | Path, sheet_rows: Sequence[dict[str, Any]] = ()) -> None:
+def write_reports(
+    summary: dict[str, Any], out_dir: str | Path, sheet_rows: Sequence[dict[str, Any]] = (), tile_width: int = 240
+) -> None:
     """report.md and metrics_bar.png from ``summary``; contact_sheet.png from ``sheet_rows`` (if any)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +343,7 @@ def write_reports(summary: dict[str, Any], out_dir: str | Path, sheet_rows: Sequ
         out / "contact_sheet.png",
         peer_order=list(summary["peers"]),
         stage2=bool(summary["pipeline"]["stage2"]),
+        tile_width=tile_width,
     )
 
 

@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 
 from ..metrics import METRIC_NAMES, evaluate, to_gray
-from .baselines import BASELINES
+from .baselines import BASELINES, maximum_with_visible_chroma
+from .targets import TIE_TOLERANCE, at_least, quality_rule
 
 if TYPE_CHECKING:  # torch and the pipeline are imported only when fusing (the CLI stays fast to start)
     import torch
@@ -64,8 +65,6 @@ __all__ = [
     "select_pairs",
 ]
 
-#: "ours >= other" counts ties: ours >= other - TIE_TOLERANCE * |other| (1 %).
-TIE_TOLERANCE = 0.01
 #: Method keys of our two outputs in results.json.
 OURS = "ours"
 OURS_F1 = "ours_f1"
@@ -157,16 +156,6 @@ def choose_sheet_stems(stems: Sequence[str], peers: dict[str, dict[str, Path]], 
 # ----------------------------------------------------------------------------------------------------------
 # Comparisons
 # ----------------------------------------------------------------------------------------------------------
-
-
-def at_least(ours: float, other: float, tolerance: float = TIE_TOLERANCE) -> bool:
-    """``ours >= other`` with ties within ``tolerance`` (relative to ``|other|``) counted as ``>=``.
-
-    All nine metrics are higher-is-better. NaN on either side is never ``>=``.
-    """
-    if not (math.isfinite(ours) and math.isfinite(other)):
-        return False
-    return ours >= other - tolerance * abs(other)
 
 
 def compare(ours: dict[str, float], other: dict[str, float]) -> dict[str, Any]:
@@ -416,6 +405,8 @@ def run_evaluation(
     morph_radii: Sequence[int] = DEFAULT_MORPH_RADII,
     no_hfah_weights: str | Path | None = None,
     sheet_rows: int = 4,
+    sheet_tile: int = 240,
+    sheet_peers: Sequence[str] | None = None,
     save_images: bool = True,
     dataset: str = "",
     command: str = "",
@@ -440,7 +431,8 @@ def run_evaluation(
     if not stems:
         raise ValueError("no pairs to evaluate")
     peers = find_peers(peers_dir, stems)
-    sheet_stems = set(choose_sheet_stems(stems, peers, sheet_rows))
+    shown_peers = {k: v for k, v in peers.items() if sheet_peers is None or k in sheet_peers}
+    sheet_stems = set(choose_sheet_stems(stems, shown_peers, sheet_rows))
     has_stage2 = pipeline.refiner is not None
 
     ours_label = "SGDFuse (ours, Stage I + II)" if has_stage2 else "SGDFuse (ours, Stage I only)"
@@ -543,7 +535,8 @@ def run_evaluation(
                         "mask_vis": result.mask_vis,
                         "f1": result.preliminary,
                         "final": result.fused,
-                        "peers": peer_images,
+                        "pixel_max": maximum_with_visible_chroma(ir_gray, vi_bgr[..., ::-1]),
+                        "peers": {k: v for k, v in peer_images.items() if sheet_peers is None or k in sheet_peers},
                     }
                 )
             replays = sum(v for k, v in timing.items() if k.startswith("ablation:"))
@@ -566,7 +559,7 @@ def run_evaluation(
         methods, ablation_rows, variants, peers, stems, pipeline, timings, dataset, command, has_stage2
     )
     (out / "results.json").write_text(json.dumps(_sanitise(summary), indent=1) + "\n")
-    report.write_reports(summary, out, sheet)
+    report.write_reports(summary, out, sheet, tile_width=sheet_tile)
     log(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'contact_sheet.png'}, {out / 'metrics_bar.png'}")
     return summary
 
@@ -608,6 +601,24 @@ def _summarise(
             entry["ours_f1_mean"] = f1_mean
             entry["ours_f1_at_least"] = compare(f1_mean, other_mean)
         comparisons.append(entry)
+
+    # The Stage I target rule, against every peer that covers all pairs (and pixel max on the same pairs).
+    pixel_max = method_summaries.get("pixel maximum", {}).get("mean")
+    rules = []
+    for entry in comparisons:
+        if entry["kind"] == "peer" and entry["n"] == len(stems) and pixel_max:
+            for key in ("ours", "ours_f1") if has_stage2 else ("ours",):
+                rule = quality_rule(entry[f"{key}_mean"], entry["other_mean"], pixel_max)
+                rules.append(
+                    {
+                        "ours": key,
+                        "peer": entry["label"],
+                        "passed": rule.passed,
+                        "at_least_peer": list(rule.at_least_peer),
+                        "above_max": list(rule.above_max),
+                        "text": rule.describe(),
+                    }
+                )
 
     ablation = None
     if variants:
@@ -654,6 +665,7 @@ def _summarise(
         "peers": {name: sorted(files) for name, files in peers.items()},
         "methods": method_summaries,
         "comparisons": comparisons,
+        "quality_rule": rules,
         "ablations": ablation,
         "timings_ms_mean": timing_mean,
     }
@@ -713,6 +725,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-hfah-weights", help="Stage II checkpoint trained without HFAH (default: weights/stage2*no*hfah*.pt)"
     )
     parser.add_argument("--sheet-rows", type=int, default=4, help="pairs shown in the contact sheet (default 4)")
+    parser.add_argument("--sheet-tile", type=int, default=240, help="contact-sheet tile width in pixels (default 240)")
+    parser.add_argument(
+        "--sheet-peers", metavar="A,B,...", help="peers shown in the contact sheet (default: all; metrics cover all)"
+    )
     parser.add_argument("--no-images", action="store_true", help="do not write the fused images under <out>/images")
 
 
@@ -728,6 +744,12 @@ def _command_line(args: argparse.Namespace) -> str:
     parts += [f"--set {s}" for s in args.set or []]
     if args.device:
         parts += ["--device", args.device]
+    if args.sheet_rows != 4:
+        parts += ["--sheet-rows", str(args.sheet_rows)]
+    if args.sheet_tile != 240:
+        parts += ["--sheet-tile", str(args.sheet_tile)]
+    if args.sheet_peers:
+        parts += ["--sheet-peers", args.sheet_peers]
     if args.ablations:
         parts.append("--ablations")
         if list(args.morph_radii) != list(DEFAULT_MORPH_RADII):
@@ -762,6 +784,8 @@ def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
         morph_radii=args.morph_radii,
         no_hfah_weights=args.no_hfah_weights,
         sheet_rows=args.sheet_rows,
+        sheet_tile=args.sheet_tile,
+        sheet_peers=[p.strip() for p in args.sheet_peers.split(",")] if args.sheet_peers else None,
         save_images=not args.no_images,
         dataset=str(args.data),
         command=_command_line(args),

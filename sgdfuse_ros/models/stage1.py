@@ -1,21 +1,25 @@
 """Stage I of SGDFuse: preliminary fusion of thermal and visible luminance.
 
-Layout (strides relative to the input; C = embed_dim, D = attn_dim)::
+Layout (strides relative to the input; C = embed_dim, D = attn_dim, K = head_dim)::
 
     IR  [N,1,H,W] -> conv s2 (1->C) -> MSFEM  = ir2  [N,C,H/2,W/2] -> conv s2 (C->D)                = ir4
     VIS [N,1,H,W] -> conv s2 (1->C)          = vis2 [N,C,H/2,W/2] -> conv s2 (C->D) -> Transformer = vis4
     windowed cross-attention (IR <-> VIS, merged)                      (ir4, vis4) -> f4 [N,H/4,W/4,D]
-    decoder: [1x1 (D->C) of f4, upsampled x2] ++ ir2 ++ vis2 -> 2 convs (/2) -> conv (C->4)
-             -> pixel shuffle x2 -> crop -> sigmoid -> fused luminance [N,1,H,W] in [0, 1]
+    decoder at H/2: [1x1 (D->C) of f4, upsampled x2] ++ ir2 ++ vis2 -> 2 convs -> 1x1 (C->K) -> upsample x2
+    full-resolution head: [context (K), IR, VIS] -> conv 3x3 (K+2->K) -> conv 3x3 (K->2) = (w logit, residual r)
+    fused luminance = clip(w * IR + (1 - w) * VIS + r, 0, 1)  [N,1,H,W]
 
 Why this shape: the paper gives the module types (MSFEM on IR, a Transformer block on VIS, cross-attention),
-not sizes. We keep the network small enough for CPU use at 640x480: the stride-2 embeddings see every pixel
-(a 3x3 window at stride 2 covers the whole 2x2 block, and C >= 4 channels can hold it), the multi-scale
-convolutions and the decoder run at half resolution, attention runs at quarter resolution inside
-non-overlapping windows (8x8 tokens = 32x32 pixels, 64 tokens per attention), and the last convolution predicts
-each 2x2 output block (pixel shuffle), so no convolution runs at full resolution, where a CPU pays more in
-memory traffic than in arithmetic. Any H, W >= 16 works: strided convolutions round up, the attention pads its
-token grid to whole windows with the padded keys masked out, and the output is cropped back to H x W.
+not sizes. The encoder is small enough for CPU use at 640x480: the multi-scale convolutions and the decoder run
+at half resolution, attention at quarter resolution inside non-overlapping windows (8x8 tokens = 32x32 pixels).
+The head is what makes the picture (docs/training.md, "causes"): a network that synthesises every output pixel
+from half-resolution features through a sigmoid was soft (it cannot carry full-resolution detail), hazy out of
+domain (black needs a logit of -5.5 it never learned on daylight RoadScene) and banded (zero padding of centred
+inputs is mid-grey). Here the context decides, per pixel, how much of each source to keep, the sources' own
+full-resolution pixels carry the detail, and a learned residual adds what neither source shows alone. Two thin
+full-resolution convolutions with replicate padding cost about 15 ms at 640x480 on two CPU threads. Any
+H, W >= 16 works: strided convolutions round up, the attention pads its token grid to whole windows with the
+padded keys masked out, and the upsampled context is cropped back to H x W.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "TransformerBlock",
     "WindowAttention",
     "build_stage1",
+    "compose_fused",
     "default_stage1_weights_path",
     "load_stage1",
     "window_partition",
@@ -58,6 +63,7 @@ class Stage1Config:
         num_heads: attention heads (attn_dim must be divisible by it).
         window_size: side of the square attention windows, in quarter-resolution tokens.
         mlp_ratio: hidden width of the Transformer MLPs relative to attn_dim.
+        head_dim: channels of the full-resolution head (upsampled context features).
     """
 
     embed_dim: int = 16
@@ -66,6 +72,7 @@ class Stage1Config:
     num_heads: int = 4
     window_size: int = 8
     mlp_ratio: float = 2.0
+    head_dim: int = 8
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -284,9 +291,10 @@ def _up_to(x: Tensor, like: Tensor) -> Tensor:
 
 
 class StageOneFusion(nn.Module):
-    """Stage I fusion network: (IR, VIS luminance) -> fused luminance Y_f.
+    """Stage I fusion network: (IR, VIS luminance) -> fused luminance Y_f = clip(w·IR + (1−w)·VIS + r, 0, 1).
 
-    forward(ir [N,1,H,W] in [0,1], vis_y [N,1,H,W] in [0,1]) -> [N,1,H,W] in [0,1]; any H, W >= 16.
+    forward(ir [N,1,H,W] in [0,1], vis_y [N,1,H,W] in [0,1]) -> [N,1,H,W] in [0,1]; any H, W >= 16. The
+    per-pixel weight w and residual r are the network's prediction (``compose_fused``).
     """
 
     def __init__(self, config: Stage1Config | None = None) -> None:
@@ -303,13 +311,20 @@ class StageOneFusion(nn.Module):
         self.vis_embed = _conv(1, c, stride=2)
         self.vis_tokens = nn.Conv2d(c, d, 3, stride=2, padding=1)
         self.vis_transformer = TransformerBlock(d, cfg.num_heads, cfg.window_size, cfg.mlp_ratio)
-        # Cross-attention fusion, then a decoder at half resolution whose last conv predicts the 2x2 block
-        # of every half-resolution position (pixel shuffle): no convolution runs at full resolution, which
-        # on a CPU costs more in memory traffic than in arithmetic.
+        # Cross-attention fusion, then a decoder at half resolution that gives the head its context.
         self.cross = CrossAttentionFusion(d, cfg.num_heads, cfg.window_size, cfg.mlp_ratio)
         self.fused_reduce = nn.Conv2d(d, c, 1)
         self.decoder = nn.Sequential(_conv(3 * c, c), _conv(c, c))
-        self.head = nn.Conv2d(c, 4, 3, padding=1)
+        # Full-resolution head: the half-resolution context (upsampled) meets the full-resolution inputs, and two
+        # 3x3 convolutions predict, per pixel, how much of each source to keep and a detail residual. Replicate
+        # padding: the image edge is not an edge (zero padding made a bright frame).
+        k = cfg.head_dim
+        self.to_full = nn.Conv2d(c, k, 1)
+        self.head = nn.Sequential(
+            nn.Conv2d(k + 2, k, 3, padding=1, padding_mode="replicate"),
+            nn.GELU(),
+            nn.Conv2d(k, 2, 3, padding=1, padding_mode="replicate"),
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -322,8 +337,8 @@ class StageOneFusion(nn.Module):
                 if m.groups > 1:  # depthwise: fan_out counts one input channel, keep the scale moderate
                     m.weight.data.mul_(1.0 / math.sqrt(m.kernel_size[0] * m.kernel_size[1]))
                 nn.init.zeros_(m.bias)
-        # Start with an almost flat output (sigmoid(0) = 0.5) instead of random contrast.
-        nn.init.normal_(self.head.weight, std=1e-3)
+        # Start as the pixel average of the sources (weight sigmoid(0) = 0.5, no residual), not random contrast.
+        nn.init.normal_(self.head[-1].weight, std=1e-3)
 
     def forward(self, ir: Tensor, vis_y: Tensor) -> Tensor:
         if ir.dim() != 4 or ir.shape[1] != 1 or vis_y.shape != ir.shape:
@@ -345,9 +360,25 @@ class StageOneFusion(nn.Module):
         fused4 = _nchw(self.cross(ir4, vis4))  # [N,D,H/4,W/4]
 
         x = _up_to(self.fused_reduce(fused4), ir2)
-        x = self.decoder(torch.cat([x, ir2, vis2], dim=1))
-        logits = F.pixel_shuffle(self.head(x), 2)[..., :h, :w]  # [N,1,H,W]
-        return torch.sigmoid(logits).contiguous()
+        x = self.decoder(torch.cat([x, ir2, vis2], dim=1))  # [N,C,H/2,W/2]
+        context = F.interpolate(self.to_full(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        head = self.head(torch.cat([context[..., :h, :w], ir_in, vis_in], dim=1))  # [N,2,H,W]
+        return compose_fused(head, ir, vis_y)
+
+
+def compose_fused(head: Tensor, ir: Tensor, vis_y: Tensor) -> Tensor:
+    """Per-pixel composition of the sources that the Stage I head predicts.
+
+    Args:
+        head: [N,2,H,W]: channel 0 the logit of the thermal weight w, channel 1 the detail residual r.
+        ir, vis_y: [N,1,H,W] in [0,1].
+    Returns:
+        w * ir + (1 - w) * vis_y + r, clipped to [0,1]: [N,1,H,W]. The sources' full-resolution detail reaches
+        the output through w unchanged; r is whatever the network adds (contrast, edges where the two disagree).
+    """
+    weight = torch.sigmoid(head[:, :1])
+    fused = weight * ir + (1.0 - weight) * vis_y + head[:, 1:2]
+    return fused.clamp(0.0, 1.0).contiguous()
 
 
 def build_stage1(config: Stage1Config | None = None) -> StageOneFusion:

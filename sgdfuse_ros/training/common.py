@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_save", "describe_device", "lr_at"]
+__all__ = ["atomic_save", "describe_device", "lr_at", "relative_arguments"]
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -18,6 +18,16 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
         return args.lr * step / max(1, args.warmup)
     progress = (step - args.warmup) / max(1, args.iters - args.warmup)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def relative_arguments(argv: list[str], base: Path | None = None) -> list[str]:
+    """``argv`` with every absolute path written relative to ``base`` (default: the working directory).
+
+    Provenance records must not name one machine's absolute paths (a record says ``../shared/data/roadscene``,
+    not where this checkout happened to live).
+    """
+    base = Path.cwd() if base is None else base
+    return [os.path.relpath(a, base) if os.path.isabs(a) else a for a in argv]
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from ..imaging import LUMA_WEIGHTS
 
-__all__ = ["HELD_OUT_NAMES", "IMAGE_SUFFIXES", "PairSet", "list_pairs", "load_pair", "sample_batch"]
+__all__ = ["HELD_OUT_NAMES", "IMAGE_SUFFIXES", "PairSet", "darken", "list_pairs", "load_pair", "sample_batch"]
 
 # RoadScene pairs bundled with the package (samples/pairs) and held out of every training run.
 HELD_OUT_NAMES: tuple[str, ...] = ("FLIR_04269", "FLIR_04598", "FLIR_06307", "FLIR_06570", "FLIR_08835")
@@ -88,10 +88,20 @@ class PairSet:
         return len(self.names)
 
 
+def darken(vis_y: np.ndarray, gain: float = 0.25, gamma: float = 1.5) -> np.ndarray:
+    """Night-like visible luminance ``gain * vis_y ** gamma`` ([H,W] in [0,1] -> same): dark, with crushed shadows.
+
+    With the defaults this is the night proxy of the validation split; training draws gain and gamma at random.
+    """
+    return (gain * np.power(vis_y, gamma)).astype(np.float32)
+
+
 def sample_batch(
-    data: PairSet, batch_size: int, crop: int, rng: np.random.Generator
+    data: PairSet, batch_size: int, crop: int, rng: np.random.Generator, darken_prob: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops with random horizontal / vertical flips.
+    """Random crops with random horizontal / vertical flips and, with probability ``darken_prob``, a darkened
+    visible image (``darken`` with gain in [0.1, 0.7] and gamma in [1, 2]: RoadScene is mostly daylight, robots
+    also drive at night).
 
     Returns (ir, vis_y), each float32 [batch_size,1,crop,crop] in [0,1]. Images smaller than ``crop`` are
     reflect-padded. All randomness comes from ``rng``, so a batch is a function of the generator state.
@@ -111,6 +121,8 @@ def sample_batch(
             ir, y = ir[:, ::-1], y[:, ::-1]
         if rng.random() < 0.5:
             ir, y = ir[::-1], y[::-1]
+        if darken_prob > 0 and rng.random() < darken_prob:
+            y = darken(y, float(rng.uniform(0.1, 0.7)), float(rng.uniform(1.0, 2.0)))
         irs.append(np.ascontiguousarray(ir))
         ys.append(np.ascontiguousarray(y))
     return torch.from_numpy(np.stack(irs))[:, None], torch.from_numpy(np.stack(ys))[:, None]

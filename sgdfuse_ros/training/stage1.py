@@ -24,8 +24,9 @@ import torch
 
 from ..losses import Stage1Loss
 from ..models.stage1 import Stage1Config, build_stage1, stage1_checkpoint
-from .common import atomic_save, describe_device, lr_at
+from .common import atomic_save, describe_device, lr_at, relative_arguments
 from .data import HELD_OUT_NAMES, PairSet, sample_batch
+from .validation import ValidationResult, split_validation, validate_stage1
 
 __all__ = ["add_stage1_parser", "train_stage1"]
 
@@ -35,7 +36,7 @@ LICENCE_NOTE = (
     "built from the FLIR ADAS thermal dataset); the held-out bundled pairs were excluded. No LLVIP data "
     "was used. Check the RoadScene / FLIR ADAS terms before redistributing the weights."
 )
-LOSS_COLUMNS = ["step", "total", "intensity", "gradient", "lr", "elapsed_s"]
+LOSS_COLUMNS = ["step", "total", "intensity", "gradient", "structure", "lr", "elapsed_s"]
 
 
 def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,6 +51,16 @@ def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
     p.add_argument("--intensity-weight", type=float, default=1.0)
     p.add_argument("--gradient-weight", type=float, default=1.0)
+    p.add_argument("--structure-weight", type=float, default=0.0, help="weight of the SSIM term (0: off)")
+    p.add_argument(
+        "--gradient-gain", type=float, default=1.0, help="gradient target = gain x the stronger source gradient"
+    )
+    p.add_argument(
+        "--darken-prob", type=float, default=0.0, help="probability of a night-like (darkened) visible crop"
+    )
+    p.add_argument(
+        "--val-every", type=int, default=0, help="validate every N steps on the validation split (0: no split)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (the dev machine is shared)")
@@ -68,7 +79,7 @@ def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def _command_line() -> str:
-    return shlex.join([Path(sys.executable).name, "-m", "sgdfuse_ros.training", *sys.argv[1:]])
+    return shlex.join([Path(sys.executable).name, "-m", "sgdfuse_ros.training", *relative_arguments(sys.argv[1:])])
 
 
 def _trim_log(log_path: Path, last_step: int) -> None:
@@ -88,6 +99,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise SystemExit("--iters and --batch must be >= 1 and --crop >= 16")
     if args.save_every < 1 or args.log_every < 1:
         raise SystemExit("--save-every and --log-every must be >= 1")
+    if args.val_every < 0 or not 0.0 <= args.darken_prob <= 1.0:
+        raise SystemExit("--val-every must be >= 0 and --darken-prob in [0, 1]")
 
 
 def train_stage1(args: argparse.Namespace) -> dict | None:
@@ -105,12 +118,17 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
 
     data = PairSet.load(args.data, exclude=args.exclude)
     print(f"[stage1] {len(data)} pairs from {args.data} (excluded: {', '.join(args.exclude) or 'none'})", flush=True)
+    val_data = None
+    if args.val_every:
+        data, val_data = split_validation(data)
+        print(f"[stage1] validation split: {len(val_data)} pairs ({', '.join(val_data.names)})", flush=True)
 
     torch.manual_seed(args.seed)  # model initialisation; batches use their own per-step generators
     model = build_stage1(Stage1Config()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    criterion = Stage1Loss(args.intensity_weight, args.gradient_weight)
+    criterion = Stage1Loss(args.intensity_weight, args.gradient_weight, args.structure_weight, args.gradient_gain)
     step, elapsed, commands = 0, 0.0, [_command_line()]
+    best: dict = {"score": [-1, -1], "step": 0}
 
     if args.resume:
         if not last_path.is_file():
@@ -121,6 +139,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, elapsed, commands = int(ckpt["step"]), float(ckpt["elapsed_s"]), [*ckpt["commands"], commands[0]]
+        best = ckpt.get("best", best)
         _trim_log(log_path, step)
         print(f"[stage1] resumed from {last_path} at step {step}", flush=True)
     elif last_path.exists():
@@ -134,8 +153,22 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
             "config": model.config.to_dict(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "best": best,
         }
         atomic_save(state, last_path)
+
+    def validate() -> None:
+        """Score the current weights on the validation split; keep them in best.pt when the score is not lower."""
+        result = validate_stage1(model, val_data, device)
+        row = {"step": step, **result.row()}
+        _append_validation(out / "validation.csv", row)
+        print(f"[stage1] validation step {step}: {_describe(result)}", flush=True)
+        # Every validated state is kept (0.3 MB each): the choice can be re-examined without retraining.
+        (out / "validated").mkdir(exist_ok=True)
+        atomic_save(stage1_checkpoint(model), out / "validated" / f"step{step:06d}.pt")
+        if list(result.score) >= list(best["score"]):  # ties go to the later (longer-trained) weights
+            best.update(score=list(result.score), step=step, row=row)
+            atomic_save(stage1_checkpoint(model), out / "best.pt")
 
     new_log = not log_path.exists() or log_path.stat().st_size == 0
     recent: list[list[float]] = []
@@ -151,7 +184,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
             # A generator per step makes every batch a function of (seed, step): resuming replays nothing and
             # skips nothing, without saving generator state.
             rng = np.random.default_rng([args.seed, step])
-            ir, vis_y = sample_batch(data, args.batch, args.crop, rng)
+            ir, vis_y = sample_batch(data, args.batch, args.crop, rng, args.darken_prob)
             ir, vis_y = ir.to(device, non_blocking=True), vis_y.to(device, non_blocking=True)
             lr = lr_at(step, args)
             for group in optimizer.param_groups:
@@ -163,7 +196,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
-            values = [losses.total.item(), losses.intensity.item(), losses.gradient.item()]
+            values = [losses.total.item(), losses.intensity.item(), losses.gradient.item(), losses.structure.item()]
             if not all(math.isfinite(v) for v in values):
                 raise SystemExit(f"non-finite loss at step {step}: {values}")
             elapsed = time.perf_counter() - t0
@@ -174,9 +207,11 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
                 mean = np.mean(recent[-args.log_every :], axis=0)
                 print(
                     f"[stage1] step {step}/{args.iters} total {mean[0]:.4f} int {mean[1]:.4f} "
-                    f"grad {mean[2]:.4f} lr {lr:.2e} {elapsed:.0f}s",
+                    f"grad {mean[2]:.4f} struct {mean[3]:.4f} lr {lr:.2e} {elapsed:.0f}s",
                     flush=True,
                 )
+            if val_data is not None and (step % args.val_every == 0 or step == args.iters):
+                validate()
             if step % args.save_every == 0 or step == stop:
                 log_file.flush()
                 save_last()
@@ -184,7 +219,29 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
     if step < args.iters:
         print(f"[stage1] stopped at step {step}; continue with --resume", flush=True)
         return None
-    return _export(model, args, data, step, elapsed, commands, recent, device)
+    if val_data is not None:
+        # Export the weights validation chose (the last ones when they score as well as any earlier).
+        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"])
+    return _export(model, args, data, step, elapsed, commands, recent, device, val_data, best)
+
+
+def _describe(result: ValidationResult) -> str:
+    parts = [f"pictures passed {result.score[0]}, rule counts {result.score[1]}"]
+    for c in ("day", "night"):
+        parts.append(
+            f"{c}: >=max {result.at_least_max[c]}/9, above max {result.above_max[c]}/5, "
+            f"pictures {result.pictures_passed[c]}/{result.pairs}"
+        )
+    return "; ".join(parts)
+
+
+def _append_validation(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def _final_losses(log_path: Path, recent: list[list[float]], window: int = 100) -> dict:
@@ -192,10 +249,10 @@ def _final_losses(log_path: Path, recent: list[list[float]], window: int = 100) 
     rows = recent
     if log_path.exists():
         with log_path.open(newline="") as f:
-            logged = [[float(r["total"]), float(r["intensity"]), float(r["gradient"])] for r in csv.DictReader(f)]
+            logged = [[float(r[k]) for k in LOSS_COLUMNS[1:5]] for r in csv.DictReader(f)]
         rows = logged[-window:] or recent
-    mean = np.mean(rows, axis=0) if rows else [float("nan")] * 3
-    return {"window_steps": len(rows), "total": float(mean[0]), "intensity": float(mean[1]), "gradient": float(mean[2])}
+    mean = np.mean(rows, axis=0) if rows else [float("nan")] * 4
+    return {"window_steps": len(rows), **{k: float(v) for k, v in zip(LOSS_COLUMNS[1:5], mean, strict=True)}}
 
 
 def _export(
@@ -207,6 +264,8 @@ def _export(
     commands: list[str],
     recent: list[list[float]],
     device: torch.device,
+    val_data: PairSet | None = None,
+    best: dict | None = None,
 ) -> dict:
     export = Path(args.export) if args.export else Path(args.out) / "stage1.pt"
     export.parent.mkdir(parents=True, exist_ok=True)
@@ -232,12 +291,23 @@ def _export(
             "schedule": "linear warm-up then cosine decay",
             "intensity_weight": args.intensity_weight,
             "gradient_weight": args.gradient_weight,
+            "structure_weight": args.structure_weight,
+            "gradient_gain": args.gradient_gain,
             "seed": args.seed,
-            "augmentation": "random square crops, horizontal and vertical flips",
+            "augmentation": "random square crops, horizontal and vertical flips"
+            + (f", darkened visible crop with probability {args.darken_prob}" if args.darken_prob else ""),
             "visible_luminance": "BT.601 full-range Y from RGB",
         },
         "dataset": {"name": Path(args.data).resolve().name, "root": str(args.data), "pairs": len(data)},
         "excluded_names": list(args.exclude),
+        "validation": None
+        if val_data is None
+        else {
+            "pairs": list(val_data.names),
+            "every_steps": args.val_every,
+            "chosen_step": best["step"] if best else None,
+            "chosen_scores": best.get("row") if best else None,
+        },
         "iterations": step,
         "final_losses": _final_losses(Path(args.out) / "losses.csv", recent),
         "wall_time_s": round(elapsed, 1),

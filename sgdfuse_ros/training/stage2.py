@@ -42,7 +42,7 @@ from ..imaging import merge_luma_chroma, split_luma_chroma
 from ..losses_stage2 import OBJECTIVES, Stage2Loss
 from ..models.diffusion import NoiseSchedule, ScheduleConfig
 from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
-from .common import atomic_save, describe_device, lr_at
+from .common import atomic_save, describe_device, lr_at, relative_arguments
 from .data import HELD_OUT_NAMES, list_pairs
 
 __all__ = ["CacheSet", "add_stage2_arguments", "build_cache", "sample_stage2_batch", "train_stage2"]
@@ -287,7 +287,7 @@ def _command_line(world: int) -> str:
     script = Path(sys.argv[0]).as_posix() if sys.argv else ""
     module = "sgdfuse_ros.training.stage2" if script.endswith("training/stage2.py") else "sgdfuse_ros.training"
     launcher = [f"torchrun --nproc_per_node={world}"] if world > 1 else [Path(sys.executable).name]
-    return " ".join([*launcher, "-m", module, shlex.join(sys.argv[1:])]).strip()
+    return " ".join([*launcher, "-m", module, shlex.join(relative_arguments(sys.argv[1:]))]).strip()
 
 
 def _model_config(args: argparse.Namespace) -> Stage2Config:
