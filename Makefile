@@ -18,7 +18,6 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Builds msg/ and installs the package into the venv the way colcon does on a robot (CMake, ament).
 build: setup
 	$(ACTIVATE) && tools/build_ros_package.sh
-	ln -sf ../lib/sgdfuse_ros/sgdfuse $(VENV)/bin/sgdfuse
 
 demo: build
 	$(ACTIVATE) && $(VENV)/lib/sgdfuse_ros/demo --out out/demo

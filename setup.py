@@ -24,7 +24,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["sgdfuse_ros", "sgdfuse_ros.*"]),
-    package_data={"sgdfuse_ros": ["weights/*.pt", "weights/*.json"]},
+    # message_definitions/: a copy of msg/ for the bag tools without ROS (msg/ inside the package belongs to the
+    # code rosidl generates on a ROS install).
+    package_data={"sgdfuse_ros": ["weights/*.pt", "weights/*.json", "message_definitions/*.msg"]},
     install_requires=requirements,
     entry_points={"console_scripts": ["sgdfuse=sgdfuse_ros.cli:main"]},
 )

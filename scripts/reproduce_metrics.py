@@ -11,8 +11,8 @@ dataset folder and prints a markdown table against third-party reference means:
 
 Example (one CPU thread; about a minute for the 80 MSRS pairs)::
 
-    python scripts/reproduce_metrics.py --data /work/shared/data/msrs \\
-        --peers /work/shared/data/peers/msrs/SeAFusion
+    python scripts/reproduce_metrics.py --data ../shared/data/msrs \\
+        --peers ../shared/data/peers/msrs/SeAFusion
 
 ``--dump-json`` also writes per-image values for ``--dump-names`` (this is how
 test/data/metrics_reference.json was made).
@@ -35,7 +35,7 @@ except ImportError:  # running from a source checkout without installing the pac
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from sgdfuse_ros import metrics
 
-#: Third-party reference means over the 80 MSRS pairs of /work/shared/data/msrs (see docs/metrics.md).
+#: Third-party reference means over the 80 MSRS pairs of ../shared/data/msrs (see docs/metrics.md).
 REFERENCE: dict[str, dict[str, float]] = {
     "SeAFusion": dict(
         zip(

@@ -101,10 +101,14 @@ class BagError(ValueError):
 
 
 def _msg_dir() -> Path:
-    """Folder holding FusionStats.msg / StageTiming.msg: share/sgdfuse_ros/msg when installed, else msg/."""
+    """Folder holding FusionStats.msg / StageTiming.msg: share/sgdfuse_ros/msg when installed with ROS, else msg/
+    of a checkout, else the copy shipped as package data (``pip install .``; a test keeps it equal to msg/)."""
     from .resources import find_resource
 
-    return find_resource("msg/FusionStats.msg").parent
+    try:
+        return find_resource("msg/FusionStats.msg").parent
+    except FileNotFoundError:
+        return Path(__file__).resolve().parent / "message_definitions"
 
 
 @functools.cache

@@ -84,6 +84,31 @@ def _config_from_args(args: argparse.Namespace) -> FuseConfig:
     return load_config(args.config, overrides)
 
 
+#: Image types `sgdfuse fuse --out` can write (cv2.imwrite picks the encoder from the extension).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Aspect ratios differing by more than this fraction are warned about: the registration would distort one image.
+ASPECT_TOLERANCE = 0.10
+
+
+def warn_aspect_mismatch(thermal_hw: tuple[int, int], rgb_hw: tuple[int, int], mode: str, name: str = "") -> bool:
+    """Print a warning when the two images' aspect ratios differ by more than ASPECT_TOLERANCE; True if warned.
+
+    The pipeline registers the thermal image onto the RGB grid as ``registration.mode`` says; with very different
+    aspect ratios that stretches one of them, which is rarely what a user wants and should not pass silently.
+    """
+    ratio_t, ratio_v = thermal_hw[1] / thermal_hw[0], rgb_hw[1] / rgb_hw[0]
+    if abs(ratio_t / ratio_v - 1.0) <= ASPECT_TOLERANCE:
+        return False
+    print(
+        f"sgdfuse: warning: {name + ': ' if name else ''}thermal {thermal_hw[1]}x{thermal_hw[0]} and RGB "
+        f"{rgb_hw[1]}x{rgb_hw[0]} differ in aspect ratio by {abs(ratio_t / ratio_v - 1.0):.0%}; registration.mode "
+        f"'{mode}' maps one onto the other and stretches it (use registration.mode 'homography' with a matrix "
+        "for cameras that are not co-registered)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -97,9 +122,12 @@ def _fuse_command(args: argparse.Namespace) -> int:
     if args.pairs:
         jobs = [(stem, ir, vi, Path(args.out) / f"{stem}.png") for stem, ir, vi in find_pairs(args.pairs)]
         if not jobs:
-            print(f"no pairs found in {args.pairs}", file=sys.stderr)
-            return 1
+            raise ValueError(f"no pairs found in {args.pairs} (expected ir/<name>.* and vi/<name>.* files)")
     elif args.thermal and args.rgb:
+        if Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(
+                f"--out {args.out}: unsupported image type '{Path(args.out).suffix}' (use {', '.join(OUTPUT_SUFFIXES)})"
+            )
         jobs = [(Path(args.rgb).stem, Path(args.thermal), Path(args.rgb), Path(args.out))]
     else:
         print("give --pairs DIR, or --thermal FILE and --rgb FILE", file=sys.stderr)
@@ -113,6 +141,7 @@ def _fuse_command(args: argparse.Namespace) -> int:
     for stem, ir_path, vi_path, out_path in jobs:
         thermal, thermal_encoding = read_thermal(ir_path)
         visible, visible_encoding = read_visible(vi_path)
+        warn_aspect_mismatch(thermal.shape[:2], visible.shape[:2], config.registration.mode, stem)
         result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding)
         _write_rgb(out_path, result.fused)
         if args.save_intermediate:
@@ -420,7 +449,17 @@ def _bag_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_rclpy(command: str) -> None:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as error:
+        raise ValueError(
+            f"bag {command} needs rclpy (a ROS 2 install, or the venv `make build` creates): {error}"
+        ) from None
+
+
 def _bag_play(args: argparse.Namespace) -> int:
+    _needs_rclpy("play")
     from .ros.bag_player import PlayOptions, parse_remaps, run  # rclpy only here
 
     options = PlayOptions(
@@ -443,6 +482,7 @@ def _bag_play(args: argparse.Namespace) -> int:
 
 
 def _bag_record(args: argparse.Namespace) -> int:
+    _needs_rclpy("record")
     from .ros.bag_recorder import default_topics, parse_topics, record  # rclpy only here
 
     topics = parse_topics(args.topic) if args.topic else default_topics(args.namespace)

@@ -252,6 +252,13 @@ class NodeConfig:
     publish_preliminary: bool = _param(
         False, "Also publish Stage I's preliminary fusion F1 on fused/preliminary.", read_only=True
     )
+    max_image_bytes: int = _param(
+        64 * 1024 * 1024,
+        "Largest input image accepted, in bytes: height x step of an Image, or the decoded size a PNG/JPEG header "
+        "announces for a CompressedImage. Larger ones are rejected before decoding (reason <which>_too_large).",
+        minimum=1024,
+        maximum=2**31 - 1,
+    )
 
 
 @dataclass

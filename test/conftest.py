@@ -22,6 +22,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOUBLES = Path(__file__).resolve().parent / "doubles"
 DOUBLED_PACKAGES = ("message_filters", "launch", "launch_ros")
+#: The workplace data sets (../shared/data beside the checkout), or SGDFUSE_SHARED_DATA; tests that need them
+#: skip where the folder is missing. Never an absolute path of one machine.
+SHARED_DATA = Path(os.environ.get("SGDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 if "SGDFUSE_TEST_DOMAIN_ID" not in os.environ:

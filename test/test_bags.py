@@ -507,3 +507,20 @@ def test_a_message_that_does_not_deserialise_names_file_topic_and_time(tmp_path,
     _eval_fails(
         path, tmp_path / "out", config, pipeline, str(path), "'/thermal/image'", "not a valid sensor_msgs/msg/Image"
     )
+
+
+def test_typestore_uses_the_packaged_message_definitions_without_msg_folder(monkeypatch):
+    # `pip install .` has no share/sgdfuse_ros/msg and no checkout: the bag tools fall back to package data.
+    import sgdfuse_ros.resources as resources
+    from sgdfuse_ros import bags
+
+    def missing(relative: str):
+        raise FileNotFoundError(relative)
+
+    monkeypatch.setattr(resources, "find_resource", missing)
+    assert bags._msg_dir().name == "message_definitions"
+    bags.typestore.cache_clear()
+    try:
+        assert "sgdfuse_ros/msg/FusionStats" in bags.typestore("humble").types
+    finally:
+        bags.typestore.cache_clear()

@@ -115,11 +115,9 @@ def test_stage1_loss_weights_and_finite_gradients_on_flat_image():
 
 
 def test_pixel_average_has_positive_loss_on_bundled_pair():
-    cv2 = pytest.importorskip("cv2")
     from sgdfuse_ros.training.data import load_pair
 
     ir_np, y_np = load_pair(SAMPLES / "ir" / "FLIR_04269.jpg", SAMPLES / "vi" / "FLIR_04269.jpg")
-    assert cv2 is not None
     ir, vis = torch.from_numpy(ir_np)[None, None], torch.from_numpy(y_np)[None, None]
     loss = Stage1Loss()
     avg = loss((ir + vis) / 2, ir, vis)

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from sgdfuse_ros import metrics as M
 
@@ -18,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAIRS = REPO / "samples" / "pairs"
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE = json.loads((DATA / "metrics_reference.json").read_text())
-SHARED_MSRS = Path("/work/shared/data/msrs")
-SHARED_SEAFUSION = Path("/work/shared/data/peers/msrs/SeAFusion")
+SHARED_MSRS = SHARED_DATA / "msrs"
+SHARED_SEAFUSION = SHARED_DATA / "peers" / "msrs" / "SeAFusion"
 
 # Qabf sigmoid constants (Xydeas & Petrovic, as in the evaluator).
 TG, KG, DG, TA, KA, DA = 0.9994, -15.0, 0.5, 0.9879, -22.0, 0.8
@@ -315,7 +316,7 @@ def test_regression_on_bundled_pairs(name: str) -> None:
     _check_against_reference("SeAFusion", name, M.evaluate(seafusion, ir, vis))
 
 
-@pytest.mark.skipif(not SHARED_MSRS.is_dir(), reason="workplace-only data set /work/shared/data/msrs")
+@pytest.mark.skipif(not SHARED_MSRS.is_dir(), reason="needs ../shared/data/msrs (or SGDFUSE_SHARED_DATA)")
 def test_regression_on_workplace_pair() -> None:
     name = "00055D"
     ir = read_gray(SHARED_MSRS / "ir" / f"{name}.png")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from sgdfuse_ros.cli import find_pairs, read_thermal, read_visible
 from sgdfuse_ros.config import load_config
@@ -31,8 +32,8 @@ from sgdfuse_ros.pipeline import FusionPipeline
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "pairs"
-SHARED_MSRS = REPO.parent / "shared" / "data" / "msrs"
-SHARED_SEAFUSION = REPO.parent / "shared" / "data" / "peers" / "msrs" / "SeAFusion"
+SHARED_MSRS = SHARED_DATA / "msrs"
+SHARED_SEAFUSION = SHARED_DATA / "peers" / "msrs" / "SeAFusion"
 PAIRS = find_pairs(SAMPLES)
 
 
@@ -127,16 +128,25 @@ def test_rule_ties_are_not_above_and_needs_both_parts():
     assert not quality_rule({**base, "SF": 1.019, "AG": 1.05}, base, base).passed  # 1.9 % is not 2 %
 
 
-def test_rule_rejects_max_with_visible_chroma_on_bundled_pairs():
-    rows_copy, rows_max = [], []
-    for _, ir_path, vi_path in PAIRS:
+def _copy_max_and_peer_means(pairs, peer_dir: Path | None = None) -> tuple[dict, dict, dict | None]:
+    """Mean metrics of max(IR, Y_vis) + visible colour, of the grey pixel max, and of a peer folder (optional)."""
+    import cv2
+
+    rows_copy, rows_max, rows_peer = [], [], []
+    for stem, ir_path, vi_path in pairs:
         thermal, _ = read_thermal(ir_path)
-        visible, _ = read_visible(vi_path)
+        visible, _ = read_visible(vi_path)  # BGR, as the evaluator reads files
         ir, vis = thermal.astype(np.float64), to_gray(visible)
         copy = maximum_with_visible_chroma(thermal, visible[..., ::-1])
         rows_copy.append(evaluate(_gray_of_rgb(copy), ir, vis))
         rows_max.append(evaluate(pixel_maximum(ir, vis), ir, vis))
-    copy_mean, max_mean = _means(rows_copy), _means(rows_max)
+        if peer_dir is not None:
+            rows_peer.append(evaluate(to_gray(cv2.imread(str(peer_dir / f"{stem}.png"))), ir, vis))
+    return _means(rows_copy), _means(rows_max), (_means(rows_peer) if rows_peer else None)
+
+
+def test_rule_rejects_max_with_visible_chroma_on_bundled_pairs():
+    copy_mean, max_mean, _ = _copy_max_and_peer_means(PAIRS)
     # Even against itself as the "peer" (9 of 9 at least as good), the copy is never 2 % above the maximum.
     result = quality_rule(copy_mean, copy_mean, max_mean)
     assert len(result.at_least_peer) == 9 and result.above_max == () and not result.passed
@@ -146,18 +156,8 @@ def test_rule_rejects_max_with_visible_chroma_on_bundled_pairs():
 def test_rule_rejects_max_with_visible_chroma_on_msrs_80():
     pairs = find_pairs(SHARED_MSRS)
     assert len(pairs) == 80
-    rows_copy, rows_max, rows_peer = [], [], []
-    import cv2
-
-    for stem, ir_path, vi_path in pairs:
-        thermal, _ = read_thermal(ir_path)
-        visible, _ = read_visible(vi_path)
-        ir, vis = thermal.astype(np.float64), to_gray(visible)
-        copy = maximum_with_visible_chroma(thermal, visible[..., ::-1])
-        rows_copy.append(evaluate(_gray_of_rgb(copy), ir, vis))
-        rows_max.append(evaluate(pixel_maximum(ir, vis), ir, vis))
-        rows_peer.append(evaluate(to_gray(cv2.imread(str(SHARED_SEAFUSION / f"{stem}.png"))), ir, vis))
-    result = quality_rule(_means(rows_copy), _means(rows_peer), _means(rows_max))
+    copy_mean, max_mean, peer_mean = _copy_max_and_peer_means(pairs, SHARED_SEAFUSION)
+    result = quality_rule(copy_mean, peer_mean, max_mean)
     assert not result.passed and result.above_max == ()
     assert len(result.at_least_peer) >= 6  # the copy does match SeAFusion: only the "above max" part stops it
 

@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -769,8 +768,7 @@ def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
     stems = [s.strip() for item in (args.stems or []) for s in item.split(",") if s.strip()]
     pairs = select_pairs(find_pairs(args.data), stems or None, args.limit)
     if not pairs:
-        print(f"no pairs found in {args.data}", file=sys.stderr)
-        return 1
+        raise ValueError(f"no pairs found in {args.data} (expected ir/<name>.* and vi/<name>.* files)")
     out = Path(args.out) if args.out else Path("out") / "eval" / Path(args.data).resolve().name
     pipeline = FusionPipeline.from_config(config)
     if args.threads and args.threads > 0:

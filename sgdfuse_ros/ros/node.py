@@ -19,6 +19,7 @@ Every pair the synchronizer forms is accounted for: it is fused, or dropped with
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import logging
 import sys
@@ -89,10 +90,13 @@ class _RosLogHandler(logging.Handler):
     last-resort stderr handler, unformatted and invisible in /rosout.
     """
 
+    #: Recent messages kept for ``seen`` (bounded: a long-running node must not grow a list per warning).
+    MAX_KEPT = 100
+
     def __init__(self, ros_logger: Any) -> None:
         super().__init__(level=logging.INFO)
         self._ros_logger = ros_logger
-        self.messages: list[str] = []
+        self.messages: collections.deque[str] = collections.deque(maxlen=self.MAX_KEPT)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -464,8 +468,9 @@ class FusionNode(Node):
     def _process(self, pair: _Pair) -> None:
         pipeline = self.pipeline
         try:
-            thermal, thermal_encoding = thermal_to_array(pair.thermal)
-            rgb, rgb_encoding = rgb_to_array(pair.rgb)
+            limit = self._config.node.max_image_bytes
+            thermal, thermal_encoding = thermal_to_array(pair.thermal, limit)
+            rgb, rgb_encoding = rgb_to_array(pair.rgb, limit)
             result = pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
         except InvalidImageError as error:
             self._drop(error.reason, pair, str(error))
