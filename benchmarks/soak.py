@@ -2,7 +2,8 @@
 
     python benchmarks/soak.py [--pairs 10000] [--size 64x48] [--report-every 1000] [--threads 1]
 
-Runs the real FusionNode in-process on rclpy with a probe node that publishes the pairs (reliable QoS, one
+Runs the real FusionNode in-process on rclpy (its own single-threaded executor, as ``rclpy.spin`` in the node's
+main) with a probe node that publishes the pairs (reliable QoS, one
 pair at a time: each is sent once the previous one is accounted for, so the numbers measure the node and not
 a queue) and listens to fused/stats. Prints, as JSON lines: RSS every ``--report-every`` pairs, then a summary
 with published / dropped by reason / unpaired, p50 / p99 / max latency (publish -> fused/stats received) and
@@ -62,7 +63,7 @@ def run_soak(
     filters = _ensure_message_filters()
     import rclpy
     from builtin_interfaces.msg import Time
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -92,11 +93,13 @@ def run_soak(
             arrived[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = time.perf_counter()
 
     probe.create_subscription(FusionStats, "fused/stats", on_stats, reliable)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
-    executor.add_node(node)
-    executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    # The node spins alone in a single-threaded executor, as `rclpy.spin(node)` in its main() does; the probe
+    # has its own, so the harness does not share (or contend for) the node's executor.
+    executors = [SingleThreadedExecutor(context=context), SingleThreadedExecutor(context=context)]
+    executors[0].add_node(node)
+    executors[1].add_node(probe)
+    for executor in executors:
+        threading.Thread(target=executor.spin, daemon=True).start()
 
     def accounted() -> int:
         counts = node.counters()
@@ -107,7 +110,7 @@ def run_soak(
         while not predicate():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"soak: timed out waiting for {what}")
-            time.sleep(0.0005)
+            time.sleep(0.002)
 
     latencies: list[float] = []
     rss: list[tuple[int, float]] = []
@@ -136,7 +139,8 @@ def run_soak(
                 log({"pairs": i, "rss_mb": rss[-1][1], "p50_ms": round(float(np.percentile(latencies, 50)), 2)})
         counts = node.counters()
     finally:
-        executor.shutdown(timeout_sec=5.0)
+        for executor in executors:
+            executor.shutdown(timeout_sec=5.0)
         probe.destroy_node()
         node.destroy_node()
         context.try_shutdown()

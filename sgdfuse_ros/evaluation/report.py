@@ -279,7 +279,8 @@ def contact_sheet(
         lines.append(np.full((_PAD, line.shape[1], 3), 255, np.uint8))
     sheet = np.concatenate(lines[:-1], axis=0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+    # Highest PNG compression: the sheets are committed under docs/ and should stay small.
+    if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f"cannot write {path}")
     return sheet
 
