@@ -52,12 +52,14 @@ def read_visible(path: str | Path) -> tuple[np.ndarray, str]:
     return image, "bgr8"
 
 
-def find_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
-    """(stem, ir path, vi path) for every stem present in both ``folder/ir`` and ``folder/vi``, sorted."""
+def find_pairs(folder: str | Path, ir_name: str = "ir", vis_name: str = "vi") -> list[tuple[str, Path, Path]]:
+    """(stem, thermal path, visible path) for every stem present in both ``folder/<ir_name>`` and
+    ``folder/<vis_name>``, sorted. Other names serve other modalities (medical: ``mri`` plays the thermal
+    input, ``pet`` / ``spect`` the colour one)."""
     folder = Path(folder)
-    ir_dir, vi_dir = folder / "ir", folder / "vi"
+    ir_dir, vi_dir = folder / ir_name, folder / vis_name
     if not ir_dir.is_dir() or not vi_dir.is_dir():
-        raise FileNotFoundError(f"{folder} must contain ir/ and vi/ folders")
+        raise FileNotFoundError(f"{folder} must contain {ir_name}/ and {vis_name}/ folders")
 
     def by_stem(directory: Path) -> dict[str, Path]:
         return {p.stem: p for p in sorted(directory.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}

@@ -104,3 +104,21 @@ def test_venv_entry_point_runs_without_activation():
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
     done = subprocess.run([str(wrapper), "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage: sgdfuse" in done.stdout
+
+
+def test_evaluate_and_trainer_take_other_folder_names(tmp_path):
+    # Medical data comes as mri/ + pet/ (or spect/): MRI plays the thermal input, PET the colour input.
+    import shutil
+
+    from sgdfuse_ros.training.data import list_pairs
+
+    for src, dst in (("ir", "mri"), ("vi", "pet")):
+        (tmp_path / "med" / dst).mkdir(parents=True)
+        shutil.copy(PAIRS / src / "FLIR_06307.jpg", tmp_path / "med" / dst / "11.jpg")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", str(tmp_path / "med"), "--ir-dir", "mri", "--vis-dir", "pet", "--out", str(out)]
+    assert main([*argv, "--no-images"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["n_pairs"] == 1 and "--ir-dir mri --vis-dir pet" in summary["command"]
+    assert [p.stem for p, _ in list_pairs(tmp_path / "med", (), "mri", "pet")] == ["11"]
+    assert main(["evaluate", "--data", str(tmp_path / "med"), "--out", str(out)]) == 2  # no ir/ or vi/ there

@@ -703,6 +703,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``sgdfuse evaluate`` (``--config``, ``--set`` and ``--device`` as ``sgdfuse fuse``)."""
     parser.add_argument("--data", required=True, help="dataset folder with ir/ and vi/ (pairs matched by file stem)")
     parser.add_argument("--peers", help="folder of published outputs, <peers>/<Method>/<stem>.png (by stem)")
+    parser.add_argument(
+        "--ir-dir", default="ir", help="sub-folder of --data with the thermal-role images (medical: mri)"
+    )
+    parser.add_argument(
+        "--vis-dir", default="vi", help="sub-folder of --data with the colour-role images (medical: pet, spect)"
+    )
     parser.add_argument("--limit", type=int, help="evaluate N pairs, evenly spaced over the sorted names")
     parser.add_argument(
         "--stems", action="append", metavar="A,B,...", help="evaluate only these pair names (comma-separated)"
@@ -734,6 +740,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     """The ``sgdfuse evaluate`` call that reproduces ``args`` (for the report)."""
     parts = ["sgdfuse", "evaluate", "--data", str(args.data)]
+    if (args.ir_dir, args.vis_dir) != ("ir", "vi"):
+        parts += ["--ir-dir", args.ir_dir, "--vis-dir", args.vis_dir]
     for flag, value in (("--peers", args.peers), ("--limit", args.limit), ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
@@ -766,7 +774,7 @@ def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
     from ..pipeline import FusionPipeline
 
     stems = [s.strip() for item in (args.stems or []) for s in item.split(",") if s.strip()]
-    pairs = select_pairs(find_pairs(args.data), stems or None, args.limit)
+    pairs = select_pairs(find_pairs(args.data, args.ir_dir, args.vis_dir), stems or None, args.limit)
     if not pairs:
         raise ValueError(f"no pairs found in {args.data} (expected ir/<name>.* and vi/<name>.* files)")
     out = Path(args.out) if args.out else Path("out") / "eval" / Path(args.data).resolve().name

@@ -23,14 +23,20 @@ HELD_OUT_NAMES: tuple[str, ...] = ("FLIR_04269", "FLIR_04598", "FLIR_06307", "FL
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def list_pairs(root: str | Path, exclude: tuple[str, ...] | list[str] = HELD_OUT_NAMES) -> list[tuple[Path, Path]]:
-    """Pairs (ir_path, vi_path) under ``root``/ir and ``root``/vi matched by file stem, sorted by name.
+def list_pairs(
+    root: str | Path,
+    exclude: tuple[str, ...] | list[str] = HELD_OUT_NAMES,
+    ir_name: str = "ir",
+    vis_name: str = "vi",
+) -> list[tuple[Path, Path]]:
+    """Pairs (ir_path, vi_path) under ``root``/<ir_name> and ``root``/<vis_name> matched by file stem, sorted.
 
-    Names in ``exclude`` (file stems) are dropped. Raises FileNotFoundError naming a missing folder and
-    ValueError when no pair remains.
+    Names in ``exclude`` (file stems) are dropped. Other folder names serve other modalities (medical: ``mri``
+    plays the thermal input, ``pet`` / ``spect`` the colour one). Raises FileNotFoundError naming a missing
+    folder and ValueError when no pair remains.
     """
     root = Path(root)
-    ir_dir, vi_dir = root / "ir", root / "vi"
+    ir_dir, vi_dir = root / ir_name, root / vis_name
     for folder in (ir_dir, vi_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"missing image folder: {folder}")
@@ -74,8 +80,14 @@ class PairSet:
     vis_y: list[np.ndarray]
 
     @classmethod
-    def load(cls, root: str | Path, exclude: tuple[str, ...] | list[str] = HELD_OUT_NAMES) -> PairSet:
-        pairs = list_pairs(root, exclude)
+    def load(
+        cls,
+        root: str | Path,
+        exclude: tuple[str, ...] | list[str] = HELD_OUT_NAMES,
+        ir_name: str = "ir",
+        vis_name: str = "vi",
+    ) -> PairSet:
+        pairs = list_pairs(root, exclude, ir_name, vis_name)
         names, irs, ys = [], [], []
         for ir_path, vi_path in pairs:
             ir, y = load_pair(ir_path, vi_path)

@@ -42,6 +42,8 @@ LOSS_COLUMNS = ["step", "total", "intensity", "gradient", "structure", "lr", "el
 def add_stage1_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("stage1", help="train the Stage I fusion network (no masks)")
     p.add_argument("--data", required=True, help="folder with ir/ and vi/ subfolders of registered pairs")
+    p.add_argument("--ir-dir", default="ir", help="thermal-role sub-folder of --data (medical: mri)")
+    p.add_argument("--vis-dir", default="vi", help="colour-role sub-folder of --data (medical: pet, spect)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, loss log, final weights)")
     p.add_argument("--iters", type=int, default=3000, help="total optimisation steps")
     p.add_argument("--batch", type=int, default=8)
@@ -116,7 +118,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     last_path, log_path = out / "last.pt", out / "losses.csv"
 
-    data = PairSet.load(args.data, exclude=args.exclude)
+    data = PairSet.load(args.data, args.exclude, args.ir_dir, args.vis_dir)
     print(f"[stage1] {len(data)} pairs from {args.data} (excluded: {', '.join(args.exclude) or 'none'})", flush=True)
     val_data = None
     if args.val_every:
@@ -298,7 +300,12 @@ def _export(
             + (f", darkened visible crop with probability {args.darken_prob}" if args.darken_prob else ""),
             "visible_luminance": "BT.601 full-range Y from RGB",
         },
-        "dataset": {"name": Path(args.data).resolve().name, "root": str(args.data), "pairs": len(data)},
+        "dataset": {
+            "name": Path(args.data).resolve().name,
+            "root": str(args.data),
+            "folders": [args.ir_dir, args.vis_dir],
+            "pairs": len(data),
+        },
         "excluded_names": list(args.exclude),
         "validation": None
         if val_data is None

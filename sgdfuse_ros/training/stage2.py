@@ -66,6 +66,8 @@ def add_stage2_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and cache")
     g.add_argument("--data", default=None, help="folder with ir/ and vi/ registered pairs (needed to build the cache)")
+    g.add_argument("--ir-dir", default="ir", help="thermal-role sub-folder of --data (medical: mri)")
+    g.add_argument("--vis-dir", default="vi", help="colour-role sub-folder of --data (medical: pet, spect)")
     g.add_argument("--out", required=True, help="run folder (checkpoints, loss log, final weights)")
     g.add_argument("--cache", default=None, help="cache folder (default <out>/cache); built when it has no manifest")
     g.add_argument("--cache-only", action="store_true", help="build the cache and stop")
@@ -162,7 +164,7 @@ def build_cache(args: argparse.Namespace, cache: Path) -> dict:
     stage1_path = Path(args.stage1_weights) if args.stage1_weights else default_stage1_weights_path()
     if not stage1_path.is_file():
         raise SystemExit(f"Stage I weights not found: {stage1_path} (train Stage I first or pass --stage1-weights)")
-    pairs = list_pairs(args.data, exclude=args.exclude)
+    pairs = list_pairs(args.data, args.exclude, args.ir_dir, args.vis_dir)
     names = [ir.stem for ir, _ in pairs]
     stage1_sha = _sha256(stage1_path)
     manifest_path = cache / "manifest.json"
