@@ -1,6 +1,6 @@
 """The Stage I quality targets, written once: the MSRS rule against a peer and pixel max, and the picture checks.
 
-* :func:`quality_rule`: ours must be >= a published method (the ≥-within-1 % rule of ``run.at_least``) on at least
+* :func:`quality_rule`: ours must be >= a published method (the ≥-within-1 % rule of :func:`at_least`) on at least
   ``min_at_least`` of the nine metrics **and** above pixel max by at least ``margin`` on at least ``min_above`` of
   the contrast/sharpness metrics (EN, SD, SF, AG, SCD). A 1 % tie counts as >=, never as "above", so copying
   ``max(IR, Y_vis)`` cannot meet it.
@@ -23,12 +23,15 @@ from ..metrics import METRIC_NAMES, SF
 __all__ = [
     "ABOVE_MARGIN",
     "TIE_TOLERANCE",
+    "BAND_WIDTH",
     "CONTRAST_METRICS",
+    "GREY_TOLERANCE",
     "PictureChecks",
     "RuleResult",
     "at_least",
     "border_band",
     "low_percentile",
+    "mean_over",
     "picture_checks",
     "quality_rule",
 ]
