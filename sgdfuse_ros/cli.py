@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,29 +89,6 @@ def _config_from_args(args: argparse.Namespace) -> FuseConfig:
 
 #: Image types `sgdfuse fuse --out` can write (cv2.imwrite picks the encoder from the extension).
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-#: Aspect ratios differing by more than this fraction are warned about: the registration would distort one image.
-ASPECT_TOLERANCE = 0.10
-
-
-def warn_aspect_mismatch(thermal_hw: tuple[int, int], rgb_hw: tuple[int, int], mode: str, name: str = "") -> bool:
-    """Print a warning when the two images' aspect ratios differ by more than ASPECT_TOLERANCE; True if warned.
-
-    The pipeline registers the thermal image onto the RGB grid as ``registration.mode`` says; with very different
-    aspect ratios that stretches one of them, which is rarely what a user wants and should not pass silently.
-    """
-    ratio_t, ratio_v = thermal_hw[1] / thermal_hw[0], rgb_hw[1] / rgb_hw[0]
-    if abs(ratio_t / ratio_v - 1.0) <= ASPECT_TOLERANCE:
-        return False
-    print(
-        f"sgdfuse: warning: {name + ': ' if name else ''}thermal {thermal_hw[1]}x{thermal_hw[0]} and RGB "
-        f"{rgb_hw[1]}x{rgb_hw[0]} differ in aspect ratio by {abs(ratio_t / ratio_v - 1.0):.0%}; registration.mode "
-        f"'{mode}' maps one onto the other and stretches it (use registration.mode 'homography' with a matrix "
-        "for cameras that are not co-registered)",
-        file=sys.stderr,
-    )
-    return True
-
-
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -143,7 +121,6 @@ def _fuse_command(args: argparse.Namespace) -> int:
     for stem, ir_path, vi_path, out_path in jobs:
         thermal, thermal_encoding = read_thermal(ir_path)
         visible, visible_encoding = read_visible(vi_path)
-        warn_aspect_mismatch(thermal.shape[:2], visible.shape[:2], config.registration.mode, stem)
         result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding)
         _write_rgb(out_path, result.fused)
         if args.save_intermediate:
@@ -191,11 +168,19 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sgdfuse` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # The library's warnings (e.g. the pipeline's aspect-ratio check) reach the terminal as one line each.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sgdfuse: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    library = logging.getLogger("sgdfuse_ros")
+    library.addHandler(handler)
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError, ValueError, OSError) as error:
         print(f"sgdfuse: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        library.removeHandler(handler)
 
 
 # ------------------------------------------------------------------------------ bag subcommands (docs/bags.md)

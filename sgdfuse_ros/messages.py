@@ -202,7 +202,7 @@ def compressed_to_array(
         )
     if len(msg.data) == 0:
         raise InvalidImageError(f"{which}_decode", f"{which} CompressedImage ('{fmt}') has no data")
-    data = bytes(msg.data[:65536]) if len(msg.data) > 65536 else bytes(msg.data)  # headers sit at the start
+    data = bytes(msg.data[:65536])  # the size header sits at the start: no need to copy the whole payload
     header = compressed_header(data)
     if header is None:
         kind = "PNG" if data[:8] == _PNG_SIGNATURE else "JPEG" if data[:2] == b"\xff\xd8" else ""

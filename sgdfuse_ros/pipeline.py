@@ -25,6 +25,9 @@ from .priors import SemanticPrior, build_prior
 __all__ = ["FusionPipeline", "FusionResult", "Refiner", "resolve_device"]
 
 _LOG = logging.getLogger(__name__)
+#: Thermal and RGB aspect ratios differing by more than this fraction are warned about under registration.mode
+#: 'resize': the resize stretches the thermal image, which should not pass silently.
+ASPECT_TOLERANCE = 0.10
 
 
 class Refiner(Protocol):
@@ -85,6 +88,7 @@ class FusionPipeline:
         self.device = torch.device(device)
         self.device_note = ""
         self.thermal_scaler = ThermalScaler(config.thermal)
+        self._aspect_checked: set[tuple[tuple[int, int], tuple[int, int]]] = set()
 
     @classmethod
     def from_config(cls, config: FuseConfig) -> FusionPipeline:
@@ -152,8 +156,24 @@ class FusionPipeline:
         """
         visible = rgb_to_float(rgb, rgb_encoding)
         scaled = self.thermal_scaler.scale(thermal, thermal_encoding)
+        self._check_aspect(scaled.shape[:2], visible.shape[:2])
         registered = register_thermal(scaled, visible.shape[:2], self.config.registration)
         return registered, visible
+
+    def _check_aspect(self, thermal_hw: tuple[int, int], rgb_hw: tuple[int, int]) -> None:
+        """Warn once per size combination when 'resize' registration would stretch the thermal image."""
+        key = (tuple(thermal_hw), tuple(rgb_hw))
+        if self.config.registration.mode != "resize" or key in self._aspect_checked:
+            return
+        self._aspect_checked.add(key)
+        difference = abs((thermal_hw[1] / thermal_hw[0]) / (rgb_hw[1] / rgb_hw[0]) - 1.0)
+        if difference > ASPECT_TOLERANCE:
+            _LOG.warning(
+                "thermal %dx%d and RGB %dx%d differ in aspect ratio by %.0f%%: registration.mode 'resize' stretches "
+                "the thermal image onto the RGB grid (use registration.mode 'homography' with a matrix for cameras "
+                "that are not co-registered)",
+                thermal_hw[1], thermal_hw[0], rgb_hw[1], rgb_hw[0], 100 * difference,
+            )  # fmt: skip
 
     @torch.inference_mode()
     def fuse(

@@ -154,3 +154,17 @@ def test_shipped_stage1_beats_the_pixel_average_on_held_out_pairs(pipeline):
         ours_mean = float(np.mean([m[metric] for m in ours]))
         average_mean = float(np.mean([m[metric] for m in average]))
         assert ours_mean > average_mean, (metric, ours_mean, average_mean)
+
+
+def test_stretching_aspect_ratio_is_warned_once_per_size(caplog) -> None:
+    import logging
+
+    pipeline = FusionPipeline.from_config(FuseConfig().updated({"prior.kind": "fallback"}))
+    thermal = np.zeros((480, 640), np.uint8)
+    wide = np.zeros((265, 546, 3), np.uint8)  # 2.06 against 1.33: stretched by 'resize'
+    with caplog.at_level(logging.WARNING, logger="sgdfuse_ros"):
+        for _ in range(3):
+            pipeline.prepare(thermal, wide, "mono8", "rgb8")
+        pipeline.prepare(thermal, np.zeros((240, 320, 3), np.uint8), "mono8", "rgb8")  # same ratio: silent
+    lines = [r.getMessage() for r in caplog.records if "aspect ratio" in r.getMessage()]
+    assert len(lines) == 1 and "registration.mode" in lines[0] and "640x480" in lines[0]
