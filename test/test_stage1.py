@@ -330,5 +330,5 @@ def test_training_with_validation_exports_the_best_scored_weights(tmp_path):
     chosen = record["validation"]["chosen_step"]
     assert scores[chosen] == max(scores.values()) and chosen == max(s for s, v in scores.items() if v == scores[chosen])
     exported = torch.load(tmp_path / "run" / "stage1.pt", weights_only=True)["state_dict"]
-    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    best = torch.load(tmp_path / "run" / "validated" / f"step{chosen:06d}.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(exported[k], best[k]) for k in best)

@@ -26,7 +26,7 @@ from ..losses import Stage1Loss
 from ..models.stage1 import Stage1Config, build_stage1, stage1_checkpoint
 from .common import atomic_save, describe_device, lr_at, relative_arguments
 from .data import HELD_OUT_NAMES, PairSet, sample_batch
-from .validation import ValidationResult, split_validation, validate_stage1
+from .validation import CONDITIONS, ValidationResult, split_validation, validate_stage1
 
 __all__ = ["add_stage1_parser", "train_stage1"]
 
@@ -160,7 +160,7 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
         atomic_save(state, last_path)
 
     def validate() -> None:
-        """Score the current weights on the validation split; keep them in best.pt when the score is not lower."""
+        """Score the current weights on the validation split and keep them; remember the best step."""
         result = validate_stage1(model, val_data, device)
         row = {"step": step, **result.row()}
         _append_validation(out / "validation.csv", row)
@@ -170,7 +170,6 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
         atomic_save(stage1_checkpoint(model), out / "validated" / f"step{step:06d}.pt")
         if list(result.score) >= list(best["score"]):  # ties go to the later (longer-trained) weights
             best.update(score=list(result.score), step=step, row=row)
-            atomic_save(stage1_checkpoint(model), out / "best.pt")
 
     new_log = not log_path.exists() or log_path.stat().st_size == 0
     recent: list[list[float]] = []
@@ -223,13 +222,14 @@ def train_stage1(args: argparse.Namespace) -> dict | None:
         return None
     if val_data is not None:
         # Export the weights validation chose (the last ones when they score as well as any earlier).
-        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True)["state_dict"])
+        chosen = out / "validated" / f"step{best['step']:06d}.pt"
+        model.load_state_dict(torch.load(chosen, map_location=device, weights_only=True)["state_dict"])
     return _export(model, args, data, step, elapsed, commands, recent, device, val_data, best)
 
 
 def _describe(result: ValidationResult) -> str:
     parts = [f"pictures passed {result.score[0]}, rule counts {result.score[1]}"]
-    for c in ("day", "night"):
+    for c in CONDITIONS:
         parts.append(
             f"{c}: >=max {result.at_least_max[c]}/9, above max {result.above_max[c]}/5, "
             f"pictures {result.pictures_passed[c]}/{result.pairs}"

@@ -22,7 +22,7 @@ from ..evaluation.targets import mean_over, picture_checks, quality_rule
 from ..metrics import evaluate
 from .data import PairSet, darken
 
-__all__ = ["VALIDATION_EVERY", "ValidationResult", "split_validation", "validate_stage1"]
+__all__ = ["CONDITIONS", "VALIDATION_EVERY", "ValidationResult", "split_validation", "validate_stage1"]
 
 VALIDATION_EVERY = 10
 CONDITIONS = ("day", "night")
