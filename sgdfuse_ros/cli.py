@@ -113,10 +113,7 @@ def _fuse_command(args: argparse.Namespace) -> int:
         print("give --pairs DIR, or --thermal FILE and --rgb FILE", file=sys.stderr)
         return 2
     pipeline = FusionPipeline.from_config(config)
-    print(
-        f"prior: {pipeline.prior_name}; device: {pipeline.device}"
-        + (f" ({pipeline.device_note})" if pipeline.device_note else "")
-    )
+    print(f"prior: {pipeline.prior_name}; device: {pipeline.device}")  # a device fallback was logged as a warning
     timings: list[dict[str, float]] = []
     for stem, ir_path, vi_path, out_path in jobs:
         thermal, thermal_encoding = read_thermal(ir_path)
