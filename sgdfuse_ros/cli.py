@@ -4,6 +4,7 @@
     sgdfuse fuse --pairs samples/pairs --out out/fused          # folder with ir/ and vi/ (matched by stem)
     sgdfuse bag make|info|eval|compare|play|record ...          # rosbag2 workflow (docs/bags.md)
     sgdfuse evaluate --data DIR [--peers DIR] [--ablations]    # metrics vs baselines/peers (docs/evaluation.md)
+    sgdfuse sheet [--data ../shared/data] [--out docs/contact_sheet.png]   # contact sheet across datasets
 
 Options --config (a ROS parameter file such as config/fuse.yaml) and --set section.key=value
 configure the same FuseConfig the ROS node uses.
@@ -153,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of a dataset folder vs baselines, peers, ablations")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate_command)
+    from .evaluation.sheet import add_arguments as add_sheet_arguments
+
+    sheet = commands.add_parser("sheet", help="contact sheet across datasets: IR, VIS, F1, final, a peer, pixel max")
+    add_sheet_arguments(sheet)
+    sheet.add_argument("--config", help="ROS parameter file, e.g. config/fuse.yaml (defaults otherwise)")
+    sheet.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter")
+    sheet.add_argument("--device", help="shortcut for --set compute.device=...")
+    sheet.set_defaults(handler=_sheet_command)
     return parser
 
 
@@ -160,6 +169,12 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from .evaluation.run import evaluate_command  # torch and the pipeline only when evaluating
 
     return evaluate_command(args, _config_from_args(args))
+
+
+def _sheet_command(args: argparse.Namespace) -> int:
+    from .evaluation.sheet import sheet_command
+
+    return sheet_command(args, _config_from_args(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,12 +31,20 @@ ASPECT_TOLERANCE = 0.10
 
 
 class Refiner(Protocol):
-    """Stage II slot: refines F1 guided by the masks (all [N, C, H, W] in [0, 1] on one device)."""
+    """Stage II slot: refines F1 guided by the masks and, if it uses them, the sources (all [N, C, H, W] in [0, 1]
+    on one device)."""
 
     name: str
 
-    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
-        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W] -> refined RGB [N,3,H,W] in [0, 1]."""
+    def refine(
+        self,
+        preliminary: torch.Tensor,
+        mask_ir: torch.Tensor,
+        mask_vis: torch.Tensor,
+        thermal: torch.Tensor | None = None,
+        visible_y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W], IR [N,1,H,W], Y_vis [N,1,H,W] -> RGB [N,3,H,W]."""
         ...
 
 
@@ -208,7 +216,7 @@ class FusionPipeline:
         fused = preliminary
         if self.refiner is not None:
             with clock("stage2"), self._autocast():
-                fused = self.refiner.refine(preliminary, mask_ir, mask_vis).float()
+                fused = self.refiner.refine(preliminary, mask_ir, mask_vis, ir, vis_y).float()
         with clock("postprocess"):
             outputs = _to_uint8(fused), _to_uint8(preliminary), _to_uint8(mask_ir), _to_uint8(mask_vis)
         timings["total"] = sum(timings.values())

@@ -141,7 +141,7 @@ class MaskScaledRefiner:
 
     name = "test-double(mask-scaled)"
 
-    def refine(self, preliminary, mask_ir, mask_vis):
+    def refine(self, preliminary, mask_ir, mask_vis, thermal=None, visible_y=None):
         return (preliminary * (1.0 - 0.3 * mask_vis) + 0.3 * mask_ir).clamp(0.0, 1.0)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..metrics import METRIC_NAMES
 
-__all__ = ["bar_chart", "contact_sheet", "markdown_report", "write_reports"]
+__all__ = ["bar_chart", "comparison_sheet", "contact_sheet", "markdown_report", "write_reports"]
 
 OURS = "ours"
 OURS_F1 = "ours_f1"
@@ -186,6 +186,10 @@ def markdown_report(summary: dict[str, Any]) -> str:
         "",
         rule_lines(summary),
         "",
+        "## Stage II rule (evaluation.targets.stage2_rule)",
+        "",
+        (summary.get("stage2_rule") or {}).get("text", "Stage II did not run."),
+        "",
         "## Ablations",
         "",
         ablation_table(summary),
@@ -278,10 +282,60 @@ def contact_sheet(
         lines.append(line)
         lines.append(np.full((_PAD, line.shape[1], 3), 255, np.uint8))
     sheet = np.concatenate(lines[:-1], axis=0)
+    _write_png(sheet, path)
+    return sheet
+
+
+def _write_png(sheet: np.ndarray, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     # Highest PNG compression: the sheets are committed under docs/ and should stay small.
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f"cannot write {path}")
+
+
+def _stack_rows(rows_of_tiles: Sequence[list[np.ndarray]]) -> np.ndarray:
+    """Tiles of equal height per row -> one image, rows left-aligned on white, ``_PAD`` px apart."""
+    lines = []
+    for tiles in rows_of_tiles:
+        spacer = np.full((tiles[0].shape[0], _PAD, 3), 255, np.uint8)
+        lines.append(np.concatenate([x for t in tiles for x in (t, spacer)][:-1], axis=1))
+    width = max(line.shape[1] for line in lines)
+    padded = []
+    for line in lines:
+        line = np.pad(line, ((0, _PAD), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+        padded.append(line)
+    return np.concatenate(padded, axis=0)[:-_PAD]
+
+
+def comparison_sheet(
+    rows: Sequence[dict[str, Any]], path: str | Path, stage2_name: str = "", tile_width: int = 160
+) -> np.ndarray:
+    """Write a PNG with one row per pair: IR, VIS, F1, final, a peer's output, pixel max (``sgdfuse sheet``).
+
+    Args:
+        rows: dicts with "label", "ir" (uint8 [H,W]), "vis", "f1", "final", "pixel_max" (uint8 RGB [H,W,3]),
+            "peer" (uint8 RGB or None) and "peer_name"; pairs may differ in size (each row keeps its aspect).
+        stage2_name: the Stage II refiner's name ("" when the final image is F1).
+    Returns:
+        The sheet as uint8 RGB.
+    """
+    final_label = "final (Stage I+II)" if stage2_name else "final (= F1)"
+    lines = []
+    for r in rows:
+        h, w = r["final"].shape[:2]
+        height = max(1, round(tile_width * h / w))
+        lines.append(
+            [
+                _tile(r["ir"], f"IR {r['label']}", tile_width, height),
+                _tile(r["vis"], "VIS", tile_width, height),
+                _tile(r["f1"], "F1 (Stage I)", tile_width, height),
+                _tile(r["final"], final_label, tile_width, height),
+                _tile(r["peer"], r["peer_name"], tile_width, height),
+                _tile(r["pixel_max"], "max(IR, Y_vis)", tile_width, height),
+            ]
+        )
+    sheet = _stack_rows(lines)
+    _write_png(sheet, path)
     return sheet
 
 

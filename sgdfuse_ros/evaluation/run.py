@@ -39,7 +39,7 @@ import numpy as np
 
 from ..metrics import METRIC_NAMES, evaluate, to_gray
 from .baselines import BASELINES, maximum_with_visible_chroma
-from .targets import TIE_TOLERANCE, at_least, quality_rule
+from .targets import TIE_TOLERANCE, at_least, quality_rule, stage2_rule
 
 if TYPE_CHECKING:  # torch and the pipeline are imported only when fusing (the CLI stays fast to start)
     import torch
@@ -214,7 +214,8 @@ def _zero(mask: torch.Tensor) -> torch.Tensor:
 class MaskTransformRefiner:
     """A Stage II refiner whose masks are transformed before they reach it (ablations: zeroed, eroded, dilated).
 
-    Works with any ``pipeline.Refiner``: ``refine(F1, M_ir, M_vis) = inner.refine(F1, f(M_ir), f(M_vis))``.
+    Works with any ``pipeline.Refiner``: ``refine(F1, M_ir, M_vis, IR, Y_vis) = inner.refine(F1, f(M_ir), f(M_vis),
+    IR, Y_vis)``.
     Zeroed masks give the same condition as ``DiffusionRefiner(..., use_masks=False)``.
     """
 
@@ -223,9 +224,16 @@ class MaskTransformRefiner:
         self.transform = transform
         self.name = f"{inner.name}+{label}"
 
-    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
-        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W] in [0, 1] -> refined RGB [N,3,H,W] in [0, 1]."""
-        return self.inner.refine(preliminary, self.transform(mask_ir), self.transform(mask_vis))
+    def refine(
+        self,
+        preliminary: torch.Tensor,
+        mask_ir: torch.Tensor,
+        mask_vis: torch.Tensor,
+        thermal: torch.Tensor | None = None,
+        visible_y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As ``pipeline.Refiner.refine`` (all [N,C,H,W] in [0, 1]), with the masks transformed."""
+        return self.inner.refine(preliminary, self.transform(mask_ir), self.transform(mask_vis), thermal, visible_y)
 
     def to(self, device: Any) -> MaskTransformRefiner:
         if hasattr(self.inner, "to"):
@@ -234,16 +242,23 @@ class MaskTransformRefiner:
 
 
 class _CapturingRefiner:
-    """Delegates to the pipeline's refiner and keeps its inputs (F1 and masks) for the ablation re-runs."""
+    """Delegates to the pipeline's refiner and keeps its inputs (F1, masks, sources) for the ablation re-runs."""
 
     def __init__(self, inner: Refiner) -> None:
         self.inner = inner
         self.name = inner.name
-        self.captured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.captured: tuple[torch.Tensor | None, ...] | None = None
 
-    def refine(self, preliminary: torch.Tensor, mask_ir: torch.Tensor, mask_vis: torch.Tensor) -> torch.Tensor:
-        self.captured = (preliminary, mask_ir, mask_vis)
-        return self.inner.refine(preliminary, mask_ir, mask_vis)
+    def refine(
+        self,
+        preliminary: torch.Tensor,
+        mask_ir: torch.Tensor,
+        mask_vis: torch.Tensor,
+        thermal: torch.Tensor | None = None,
+        visible_y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.captured = (preliminary, mask_ir, mask_vis, thermal, visible_y)
+        return self.inner.refine(preliminary, mask_ir, mask_vis, thermal, visible_y)
 
     def to(self, device: Any) -> _CapturingRefiner:
         if hasattr(self.inner, "to"):
@@ -339,7 +354,7 @@ def build_ablation_variants(
 
 
 def _replay(pipeline: FusionPipeline, refiner: Refiner, captured: tuple) -> np.ndarray:
-    """Run ``refiner`` on captured (F1, M_ir, M_vis) as the pipeline runs its Stage II -> uint8 RGB [H, W, 3]."""
+    """Run ``refiner`` on captured (F1, M_ir, M_vis, IR, Y_vis) as the pipeline runs its Stage II -> uint8 RGB."""
     import torch
 
     from ..pipeline import _to_uint8  # the pipeline's own rounding, so rows differ by the variant only
@@ -619,6 +634,11 @@ def _summarise(
                     }
                 )
 
+    stage2_check = None
+    if has_stage2:
+        result = stage2_rule(mean_metrics(ours, stems), mean_metrics(methods[OURS_F1].per_image, stems))
+        stage2_check = {"passed": result.passed, "change": result.change, "text": result.describe()}
+
     ablation = None
     if variants:
         full = ablation_rows["full"].per_image
@@ -665,6 +685,7 @@ def _summarise(
         "methods": method_summaries,
         "comparisons": comparisons,
         "quality_rule": rules,
+        "stage2_rule": stage2_check,
         "ablations": ablation,
         "timings_ms_mean": timing_mean,
     }

@@ -4,6 +4,8 @@
   ``min_at_least`` of the nine metrics **and** above pixel max by at least ``margin`` on at least ``min_above`` of
   the contrast/sharpness metrics (EN, SD, SF, AG, SCD). A 1 % tie counts as >=, never as "above", so copying
   ``max(IR, Y_vis)`` cannot meet it.
+* :func:`stage2_rule`: Stage II must earn its cost: above F1 by ``STAGE2_GAIN`` (5 %) on at least one fidelity
+  metric (MI, SCD, VIF, Qabf, SSIM) and at most ``STAGE2_MAX_LOSS`` (1 %) below F1 on every metric.
 * :func:`picture_checks`: no haze (1st-percentile luminance), no border band, not soft (spatial frequency), each
   against ``max(IR, Y_vis)`` on the same pair.
 
@@ -28,12 +30,17 @@ __all__ = [
     "GREY_TOLERANCE",
     "PictureChecks",
     "RuleResult",
+    "STAGE2_GAIN",
+    "STAGE2_MAX_LOSS",
+    "FIDELITY_METRICS",
+    "Stage2RuleResult",
     "at_least",
     "border_band",
     "low_percentile",
     "mean_over",
     "picture_checks",
     "quality_rule",
+    "stage2_rule",
 ]
 
 #: "ours >= other" counts ties: ours >= other - TIE_TOLERANCE * |other| (1 %).
@@ -45,6 +52,12 @@ ABOVE_MARGIN = 0.02
 #: Picture checks allow this many grey levels beyond what max(IR, Y_vis) shows.
 GREY_TOLERANCE = 3.0
 BAND_WIDTH = 3
+#: Metrics that measure what the fused image keeps of the sources (Stage II must improve one of them).
+FIDELITY_METRICS: tuple[str, ...] = ("MI", "SCD", "VIF", "Qabf", "SSIM")
+#: Stage II must be above F1 by this fraction on at least one fidelity metric ...
+STAGE2_GAIN = 0.05
+#: ... and below F1 by no more than this fraction on any metric.
+STAGE2_MAX_LOSS = 0.01
 
 
 def at_least(ours: float, other: float, tolerance: float = TIE_TOLERANCE) -> bool:
@@ -102,6 +115,44 @@ def quality_rule(
         if math.isfinite(ours[m]) and math.isfinite(pixel_max[m]) and ours[m] >= (1.0 + margin) * pixel_max[m]
     )
     return RuleResult(at_least_peer, above, min_at_least, min_above)
+
+
+@dataclass(frozen=True)
+class Stage2RuleResult:
+    """Outcome of :func:`stage2_rule`: relative change per metric ((refined - F1) / |F1|)."""
+
+    change: dict[str, float]
+
+    @property
+    def gained(self) -> tuple[str, ...]:
+        """Fidelity metrics improved by at least ``STAGE2_GAIN``."""
+        return tuple(m for m in FIDELITY_METRICS if self.change[m] >= STAGE2_GAIN)
+
+    @property
+    def lost(self) -> tuple[str, ...]:
+        """Metrics more than ``STAGE2_MAX_LOSS`` below F1 (NaN counts as lost)."""
+        return tuple(m for m in METRIC_NAMES if not self.change[m] >= -STAGE2_MAX_LOSS)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gained) and not self.lost
+
+    def describe(self) -> str:
+        verdict = "met" if self.passed else "not met"
+        changes = ", ".join(f"{m} {100 * self.change[m]:+.1f} %" for m in METRIC_NAMES)
+        return (
+            f"{verdict}: >= +{STAGE2_GAIN:.0%} on {', '.join(self.gained) or 'no fidelity metric'}; "
+            f"more than {STAGE2_MAX_LOSS:.0%} below F1 on {', '.join(self.lost) or 'none'} ({changes})"
+        )
+
+
+def stage2_rule(refined: Mapping[str, float], f1: Mapping[str, float]) -> Stage2RuleResult:
+    """Compare Stage I + II mean metrics with Stage I's (F1's) on the same pairs (dicts keyed by METRIC_NAMES)."""
+    change = {}
+    for m in METRIC_NAMES:
+        ok = math.isfinite(refined[m]) and math.isfinite(f1[m]) and f1[m] != 0.0
+        change[m] = (refined[m] - f1[m]) / abs(f1[m]) if ok else float("nan")
+    return Stage2RuleResult(change)
 
 
 def low_percentile(gray: np.ndarray, q: float = 1.0) -> float:

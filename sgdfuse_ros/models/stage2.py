@@ -1,7 +1,8 @@
 """Stage II of SGDFuse: SAM-guided conditional diffusion refinement of F1 (x0 parameterisation).
 
 Network (``Stage2Model``): a compact time-conditioned U-Net (``unet.UNet``) whose input is the noisy image x_t
-(3 channels, [-1, 1] scale) concatenated with the condition [F1 (3), M_ir (1), M_vis (1)] (mapped to [-1, 1]),
+(3 channels, [-1, 1] scale) concatenated with the condition (mapped to [-1, 1]): the paper's [F1 (3), M_ir (1),
+M_vis (1)], or with ``Stage2Config.condition = "f1_masks_sources"`` also the sources [IR (1), Y_vis (1)],
 and a Hierarchical Feature Aggregation Head (``hfah``) over all decoder levels (or, for the ablation, a plain
 head on the finest level). The head's Tanh output is the predicted clean image x0_hat in [-1, 1]; with
 ``output_skip`` the head adds atanh(F1) inside the Tanh, so an all-zero last layer predicts F1 itself and the
@@ -28,6 +29,7 @@ from .unet import UNet
 
 __all__ = [
     "COND_CHANNELS",
+    "CONDITIONS",
     "DiffusionRefiner",
     "Stage2Config",
     "Stage2Model",
@@ -38,8 +40,10 @@ __all__ = [
     "stage2_checkpoint",
 ]
 
-#: Condition channels: F1 (RGB) + M_ir + M_vis.
-COND_CHANNELS = 5
+#: Condition channels per ``Stage2Config.condition``: the paper's F1 (RGB) + M_ir + M_vis, or those plus the
+#: sources (thermal IR and visible luminance Y_vis), which let the network correct F1 towards what the cameras saw.
+COND_CHANNELS = {"f1_masks": 5, "f1_masks_sources": 7}
+CONDITIONS = tuple(COND_CHANNELS)
 #: F1 is clamped to [-1 + eps, 1 - eps] before atanh in the output skip (atanh(+-1) is infinite).
 _SKIP_CLAMP = 1.0 - 1e-3
 CHECKPOINT_FORMAT = "sgdfuse_ros stage2 checkpoint v1"
@@ -66,8 +70,12 @@ class Stage2Config:
     #: The U-Net runs on the pixel-unshuffled input (factor 2: H/2 x W/2 with 4x the channels, lossless) and the
     #: head predicts each 2x2 output block: 4x fewer full-resolution convolutions, which dominate CPU latency.
     stem_factor: int = 2
+    #: "f1_masks" (the paper: [F1, M_ir, M_vis]) or "f1_masks_sources" (also [IR, Y_vis]).
+    condition: str = "f1_masks"
 
     def __post_init__(self) -> None:
+        if self.condition not in COND_CHANNELS:
+            raise ValueError(f"Stage2Config.condition must be one of {CONDITIONS}, got {self.condition!r}")
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         for name in (
             "base_channels", "num_res_blocks", "attn_heads", "groups", "hfah_width", "hfah_hidden", "stem_factor"
@@ -83,6 +91,14 @@ class Stage2Config:
         data = asdict(self)
         data["channel_mults"] = list(self.channel_mults)
         return data
+
+    @property
+    def cond_channels(self) -> int:
+        return COND_CHANNELS[self.condition]
+
+    @property
+    def uses_sources(self) -> bool:
+        return self.condition == "f1_masks_sources"
 
     @classmethod
     def from_dict(cls, data: dict) -> Stage2Config:
@@ -107,7 +123,8 @@ class Stage2Model(nn.Module):
     """Conditional x0-predicting denoiser.
 
     forward(x_t [N,3,H,W] (diffusion scale, x0 in [-1,1]), t [N] long in [0, T-1],
-            cond [N,5,H,W] = [F1 RGB, M_ir, M_vis] all in [0, 1]) -> x0_hat [N,3,H,W] in [-1, 1].
+            cond [N,C,H,W] = [F1 RGB, M_ir, M_vis] (C = 5) or [F1 RGB, M_ir, M_vis, IR, Y_vis] (C = 7, per
+            ``config.condition``), all in [0, 1]) -> x0_hat [N,3,H,W] in [-1, 1].
     Any H, W >= 1: inputs are replicate-padded to a multiple of ``size_multiple`` = stem_factor * 2^(levels-1)
     (16 by default) and the output is cropped back.
     """
@@ -118,7 +135,7 @@ class Stage2Model(nn.Module):
         self.config = cfg
         s = cfg.stem_factor
         self.unet = UNet(
-            in_channels=(3 + COND_CHANNELS) * s * s,
+            in_channels=(3 + cfg.cond_channels) * s * s,
             base_channels=cfg.base_channels,
             channel_mults=cfg.channel_mults,
             num_res_blocks=cfg.num_res_blocks,
@@ -138,8 +155,9 @@ class Stage2Model(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         if x_t.dim() != 4 or x_t.shape[1] != 3:
             raise ValueError(f"x_t must be [N,3,H,W], got {tuple(x_t.shape)}")
-        if cond.shape != (x_t.shape[0], COND_CHANNELS, *x_t.shape[-2:]):
-            raise ValueError(f"cond must be [N,{COND_CHANNELS},H,W] matching x_t, got {tuple(cond.shape)}")
+        c = self.config.cond_channels
+        if cond.shape != (x_t.shape[0], c, *x_t.shape[-2:]):
+            raise ValueError(f"cond must be [N,{c},H,W] matching x_t, got {tuple(cond.shape)}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be [N] with N = {x_t.shape[0]}, got {tuple(t.shape)}")
         h, w = x_t.shape[-2:]
@@ -234,7 +252,8 @@ class DiffusionRefiner:
         self.steps, self.strength, self.seed, self.use_masks = int(steps), float(strength), int(seed), bool(use_masks)
         head = "hfah" if model.config.use_hfah else "plain-head"
         masks = "" if use_masks else ",no-masks"
-        self.name = f"diffusion(ddim{self.steps},strength={self.strength:g},{head}{masks})"
+        sources = ",sources" if model.config.uses_sources else ""
+        self.name = f"diffusion(ddim{self.steps},strength={self.strength:g},{head}{sources}{masks})"
 
     @property
     def device(self) -> torch.device:
@@ -245,15 +264,29 @@ class DiffusionRefiner:
         return self
 
     @torch.no_grad()
-    def refine(self, preliminary: Tensor, mask_ir: Tensor, mask_vis: Tensor) -> Tensor:
-        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W], all in [0, 1] -> refined RGB [N,3,H,W] in [0, 1]."""
+    def refine(
+        self,
+        preliminary: Tensor,
+        mask_ir: Tensor,
+        mask_vis: Tensor,
+        thermal: Tensor | None = None,
+        visible_y: Tensor | None = None,
+    ) -> Tensor:
+        """F1 [N,3,H,W], M_ir [N,1,H,W], M_vis [N,1,H,W], IR [N,1,H,W], Y_vis [N,1,H,W], all in [0, 1] ->
+        refined RGB [N,3,H,W] in [0, 1]. The sources are needed only by a model conditioned on them (ValueError
+        when they are missing then) and ignored otherwise."""
         if preliminary.dim() != 4 or preliminary.shape[1] != 3:
             raise ValueError(f"preliminary must be [N,3,H,W], got {tuple(preliminary.shape)}")
         f1 = preliminary.float()
         masks = torch.cat([mask_ir, mask_vis], dim=1).to(f1.dtype)
         if not self.use_masks:
             masks = torch.zeros_like(masks)
-        cond = torch.cat([f1, masks], dim=1)
+        parts = [f1, masks]
+        if self.model.config.uses_sources:
+            if thermal is None or visible_y is None:
+                raise ValueError("this Stage II model is conditioned on the sources: pass thermal and visible_y")
+            parts += [thermal.to(f1.dtype), visible_y.to(f1.dtype)]
+        cond = torch.cat(parts, dim=1)
         x0 = self.sampler.sample(lambda x_t, t: self.model(x_t, t, cond), to_signed(f1), seed=self.seed)
         return to_unit(x0)
 

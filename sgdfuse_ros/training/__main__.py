@@ -1,6 +1,7 @@
 """Command line: ``python -m sgdfuse_ros.training stage1 --data DIR --out RUN [options]``.
 
-One subcommand per training stage: ``stage1`` (training/stage1.py) and ``stage2`` (training/stage2.py).
+One subcommand per training stage: ``stage1`` (training/stage1.py) and ``stage2`` (training/stage2.py), and
+``stage2-validate`` (training/stage2_validation.py) to score Stage II weights on the held-out pairs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 
 from .stage1 import add_stage1_parser
 from .stage2 import add_stage2_arguments
+from .stage2_validation import add_stage2_validate_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     add_stage1_parser(subparsers)
     add_stage2_arguments(subparsers)
+    add_stage2_validate_arguments(subparsers)
     return parser
 
 

@@ -4,12 +4,11 @@
     python -m sgdfuse_ros.training stage2 --data DIR --out RUN --cache-only       # only build the cache
     torchrun --nproc_per_node=N -m sgdfuse_ros.training stage2 --out RUN --cache C --device cuda   # DDP
 
-Step 1, the cache (``--cache``, default ``<out>/cache``): every training pair goes once through the frozen Stage
-I weights and the configured semantic prior; ``<name>.npz`` holds ir (uint8 [H,W]), vis (uint8 [H,W,3] RGB), f1
-(float16 [H,W,3]) and m_ir / m_vis (float16 [H,W]), and ``manifest.json`` records the Stage I weights (sha256),
-the prior and the pair names. This is the only step that may need segment_anything (``--prior sam``); the
-training loop reads the cache and needs neither segment_anything nor rosbags, so a cache built here can be
-copied to a GPU machine and trained there with ``--cache`` alone.
+Step 1, the cache (``--cache``, default ``<out>/cache``; ``training/stage2_cache.py``): every training pair goes
+once through the frozen Stage I weights and the configured prior (``--night-proxy``: a darkened copy too). Only
+this step may need segment_anything; a cache built here can be copied to a GPU machine and trained there with
+``--cache`` alone. Stage I's validation pairs (``validation.validation_indices``) are cached but never trained on
+(``--validation-every``).
 
 Step 2, training: random crops (with flips) from the cache, x0 := F1 in [-1, 1] noised at a random timestep,
 the network predicts x0, the Stage II loss applies to the prediction (``losses_stage2``); Adam with warm-up and
@@ -22,32 +21,28 @@ crops from a generator seeded with (seed, step, rank); rank 0 logs and saves.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..imaging import merge_luma_chroma, split_luma_chroma
+from ..imaging import split_luma_chroma
 from ..losses_stage2 import OBJECTIVES, Stage2Loss
 from ..models.diffusion import NoiseSchedule, ScheduleConfig
-from ..models.stage2 import Stage2Config, build_stage2, stage2_checkpoint
+from ..models.stage2 import CONDITIONS, Stage2Config, build_stage2, stage2_checkpoint
 from .common import atomic_save, describe_device, lr_at, relative_arguments
-from .data import HELD_OUT_NAMES, list_pairs
+from .data import HELD_OUT_NAMES
+from .stage2_cache import CacheSet, build_cache, sample_stage2_batch, sha256_file, utc_now
+from .validation import VALIDATION_EVERY
 
-__all__ = ["CacheSet", "add_stage2_arguments", "build_cache", "sample_stage2_batch", "train_stage2"]
-
-CACHE_VERSION = 1
+__all__ = ["add_stage2_arguments", "train_stage2"]
 LICENCE_NOTE = (
     "Trained only on the RoadScene pairs found under the data folder (RoadScene, hanna-xu/RoadScene, built from "
     "the FLIR ADAS thermal dataset); the held-out bundled pairs were excluded. No LLVIP data was used. Check the "
@@ -78,12 +73,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--exclude", nargs="*", default=list(HELD_OUT_NAMES), help="pair names (file stems) left out of training"
     )
+    g.add_argument("--night-proxy", action="store_true", help="also cache a darkened copy of every pair")
+    g.add_argument(
+        "--validation-every",
+        type=int,
+        default=VALIDATION_EVERY,
+        help="hold out every N-th pair as Stage I does (0: train on all cached pairs)",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--base-channels", type=int, default=Stage2Config.base_channels)
     g.add_argument("--channel-mults", type=int, nargs="+", default=list(Stage2Config.channel_mults))
     g.add_argument("--num-res-blocks", type=int, default=Stage2Config.num_res_blocks)
     g.add_argument("--dropout", type=float, default=Stage2Config.dropout)
     g.add_argument("--no-hfah", action="store_true", help="ablation: plain head on the finest decoder level")
+    g.add_argument(
+        "--condition",
+        choices=CONDITIONS,
+        default=Stage2Config.condition,
+        help="network condition: the paper's [F1, M_ir, M_vis] or that plus the sources [IR, Y_vis]",
+    )
     g.add_argument(
         "--no-masks", action="store_true", help="ablation: masks zeroed in the condition and the losses (no prior)"
     )
@@ -109,7 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=OBJECTIVES,
         default="max",
         help="max: intensity target max(IR, VIS) outside M_ir (default); semantic: the visible luminance outside "
-        "M_ir and the max-gradient target everywhere (losses_stage2)",
+        "M_ir and the max-gradient target everywhere; fidelity: relative to F1 (losses_stage2)",
     )
     g.add_argument(
         "--vis-gradient-target",
@@ -131,158 +139,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Cache
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _read_pair(ir_path: Path, vi_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(IR uint8 [H,W], visible uint8 [H,W,3] RGB); ValueError naming an unreadable file or a size mismatch."""
-    ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
-    bgr = cv2.imread(str(vi_path), cv2.IMREAD_COLOR)
-    if ir is None or bgr is None:
-        raise ValueError(f"cannot read image {ir_path if ir is None else vi_path}")
-    if ir.shape != bgr.shape[:2]:
-        raise ValueError(f"size mismatch: {ir_path} is {ir.shape}, {vi_path} is {bgr.shape[:2]}")
-    return ir, np.ascontiguousarray(bgr[..., ::-1])
-
-
-def build_cache(args: argparse.Namespace, cache: Path) -> dict:
-    """Run the frozen Stage I weights and the prior over the training pairs once; returns the manifest.
-
-    An existing cache is reused when its manifest matches (same Stage I weights, prior and pair names), and
-    refused otherwise (SystemExit naming the difference).
-    """
-    from ..models.stage1 import default_stage1_weights_path, load_stage1
-    from ..priors import build_prior  # segment_anything is imported only by the SAM prior, only here
-
-    if args.data is None:
-        raise SystemExit(f"no cache at {cache} and no --data to build it from")
-    stage1_path = Path(args.stage1_weights) if args.stage1_weights else default_stage1_weights_path()
-    if not stage1_path.is_file():
-        raise SystemExit(f"Stage I weights not found: {stage1_path} (train Stage I first or pass --stage1-weights)")
-    pairs = list_pairs(args.data, args.exclude, args.ir_dir, args.vis_dir)
-    names = [ir.stem for ir, _ in pairs]
-    stage1_sha = _sha256(stage1_path)
-    manifest_path = cache / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        expected = {"stage1_sha256": stage1_sha, "prior_kind": args.prior, "names": names}
-        for key, value in expected.items():
-            if manifest.get(key) != value:
-                raise SystemExit(f"cache {cache} was built with a different {key}; delete it or pass another --cache")
-        return manifest
-
-    device = torch.device(args.device if not args.device.startswith("cuda") or torch.cuda.is_available() else "cpu")
-    stage1 = load_stage1(stage1_path, device=device)
-    prior = build_prior(
-        args.prior, device=device, sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    for i, (ir_path, vi_path) in enumerate(pairs):
-        ir_u8, vis_u8 = _read_pair(ir_path, vi_path)
-        with torch.inference_mode():
-            ir = torch.from_numpy(ir_u8).float().div(255.0)[None, None].to(device)
-            vis = torch.from_numpy(vis_u8).float().div(255.0).permute(2, 0, 1)[None].contiguous().to(device)
-            m_ir, m_vis = prior.masks(ir, vis)
-            vis_y, chroma = split_luma_chroma(vis)
-            f1 = merge_luma_chroma(stage1(ir, vis_y).float(), chroma)
-        np.savez(
-            cache / f"{ir_path.stem}.npz",
-            ir=ir_u8,
-            vis=vis_u8,
-            f1=f1[0].permute(1, 2, 0).cpu().numpy().astype(np.float16),
-            m_ir=m_ir[0, 0].cpu().numpy().astype(np.float16),
-            m_vis=m_vis[0, 0].cpu().numpy().astype(np.float16),
-        )
-        if (i + 1) % 25 == 0 or i + 1 == len(pairs):
-            print(f"[stage2] cached {i + 1}/{len(pairs)} pairs ({time.perf_counter() - t0:.0f}s)", flush=True)
-    manifest = {
-        "version": CACHE_VERSION,
-        "data": str(args.data),
-        "names": names,
-        "excluded_names": list(args.exclude),
-        "stage1_weights": str(stage1_path),
-        "stage1_sha256": stage1_sha,
-        "prior_kind": args.prior,
-        "prior": prior.name,
-        "sam_checkpoint": args.sam_checkpoint if args.prior == "sam" else "",
-        "device": str(device),
-        "build_time_s": round(time.perf_counter() - t0, 1),
-        "created_utc": _utc_now(),
-    }
-    # The manifest is written last: a cache without one is incomplete and is rebuilt.
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-@dataclass
-class CacheSet:
-    """A cache in memory: per pair ir uint8 [H,W], vis uint8 [H,W,3], f1 float16 [H,W,3], m_ir/m_vis float16 [H,W]."""
-
-    manifest: dict
-    arrays: list[dict[str, np.ndarray]]
-
-    @classmethod
-    def load(cls, cache: str | Path) -> CacheSet:
-        cache = Path(cache)
-        manifest_path = cache / "manifest.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"no cache manifest at {manifest_path}")
-        manifest = json.loads(manifest_path.read_text())
-        arrays = []
-        for name in manifest["names"]:
-            with np.load(cache / f"{name}.npz") as npz:
-                arrays.append({key: npz[key] for key in ("ir", "vis", "f1", "m_ir", "m_vis")})
-        return cls(manifest, arrays)
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-
-def sample_stage2_batch(data: CacheSet, batch: int, crop: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """Random crops with random flips from the cache, all float32 in [0, 1].
-
-    Returns {"ir": [B,1,c,c], "vis": [B,3,c,c], "f1": [B,3,c,c], "m_ir": [B,1,c,c], "m_vis": [B,1,c,c]}.
-    Images smaller than ``crop`` are reflect-padded. Every random choice comes from ``rng``.
-    """
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ir", "vis", "f1", "m_ir", "m_vis")}
-    for _ in range(batch):
-        item = data.arrays[int(rng.integers(len(data)))]
-        h, w = item["ir"].shape
-        top = int(rng.integers(max(1, h - crop + 1)))
-        left = int(rng.integers(max(1, w - crop + 1)))
-        flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
-        for key, array in item.items():
-            x = array[top : top + crop, left : left + crop].astype(np.float32)
-            if key in ("ir", "vis"):
-                x /= 255.0
-            if x.shape[0] < crop or x.shape[1] < crop:
-                pad = ((0, crop - x.shape[0]), (0, crop - x.shape[1])) + ((0, 0),) * (x.ndim - 2)
-                x = np.pad(x, pad, mode="reflect")
-            if flip_h:
-                x = x[:, ::-1]
-            if flip_v:
-                x = x[::-1]
-            out[key].append(np.ascontiguousarray(x))
-    result = {}
-    for key, items in out.items():
-        stacked = torch.from_numpy(np.stack(items))
-        result[key] = stacked[:, None] if stacked.dim() == 3 else stacked.permute(0, 3, 1, 2).contiguous()
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _command_line(world: int) -> str:
@@ -299,6 +157,7 @@ def _model_config(args: argparse.Namespace) -> Stage2Config:
         num_res_blocks=args.num_res_blocks,
         dropout=args.dropout,
         use_hfah=not args.no_hfah,
+        condition=args.condition,
     )
 
 
@@ -384,10 +243,11 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
     if args.batch % ddp.world:
         raise SystemExit(f"--batch {args.batch} is not divisible by the world size {ddp.world}")
     local_batch = args.batch // ddp.world
-    data = CacheSet.load(cache)
+    data = CacheSet.load(cache).without_validation(args.validation_every)
     if ddp.main:
         print(
-            f"[stage2] {len(data)} cached pairs from {cache} (prior {data.manifest['prior']}); world size {ddp.world}",
+            f"[stage2] training on {len(data)} cached images from {cache} (prior {data.manifest['prior']}, "
+            f"validation pairs held out); world size {ddp.world}",
             flush=True,
         )
     last_path, log_path = out / "last.pt", out / "losses.jsonl"
@@ -460,6 +320,8 @@ def _train(args: argparse.Namespace, out: Path, cache: Path, ddp: _Dist) -> dict
                 masks = torch.zeros_like(masks)
             x_t = schedule.add_noise(batch["f1"] * 2.0 - 1.0, noise, t)
             cond = torch.cat([batch["f1"], masks], dim=1)
+            if config.uses_sources:
+                cond = torch.cat([cond, batch["ir"], split_luma_chroma(batch["vis"])[0]], dim=1)
             lr = lr_at(step, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -533,7 +395,7 @@ def _export(
     record = {
         "format": "sgdfuse_ros stage2 checkpoint: {'format','config','schedule','state_dict' (float32),'meta'}",
         "file": export.name,
-        "sha256": _sha256(export),
+        "sha256": sha256_file(export),
         "command": commands[0],
         "resumed_with": commands[1:],
         "config": model.config.to_dict(),
@@ -564,7 +426,13 @@ def _export(
         },
         "prior": prior,
         "stage1": {"weights": manifest["stage1_weights"], "sha256": manifest["stage1_sha256"]},
-        "dataset": {"name": Path(manifest["data"]).name, "root": manifest["data"], "pairs": len(data)},
+        "dataset": {
+            "name": Path(manifest["data"]).name,
+            "root": manifest["data"],
+            "training_images": len(data),
+            "night_proxy": bool(manifest.get("night_proxy")),
+            "validation_every": args.validation_every,
+        },
         "excluded_names": manifest["excluded_names"],
         "final_losses": _final_losses(out / "losses.jsonl"),
         "wall_time_s": round(elapsed, 1),
@@ -572,7 +440,7 @@ def _export(
         "device": device_name,
         "torch_version": torch.__version__,
         "licence": LICENCE_NOTE,
-        "created_utc": _utc_now(),
+        "created_utc": utc_now(),
     }
     export.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"[stage2] wrote {export} and {export.with_suffix('.json')}", flush=True)

@@ -22,18 +22,31 @@ from ..evaluation.targets import mean_over, picture_checks, quality_rule
 from ..metrics import evaluate
 from .data import PairSet, darken
 
-__all__ = ["CONDITIONS", "VALIDATION_EVERY", "ValidationResult", "split_validation", "validate_stage1"]
+__all__ = [
+    "CONDITIONS",
+    "VALIDATION_EVERY",
+    "ValidationResult",
+    "split_validation",
+    "validate_stage1",
+    "validation_indices",
+]
 
 VALIDATION_EVERY = 10
 CONDITIONS = ("day", "night")
 
 
+def validation_indices(count: int, every: int = VALIDATION_EVERY) -> set[int]:
+    """Indices (into ``count`` pairs sorted by name) of the validation pairs: every ``every``-th from the
+    ``every // 2``-th on (the last one when there are fewer). Stage I and Stage II hold out the same pairs.
+    Raises ValueError for fewer than two pairs."""
+    if count < 2:
+        raise ValueError(f"a validation split needs at least 2 pairs, got {count}")
+    return set(range(min(every // 2, count - 1), count, every))
+
+
 def split_validation(data: PairSet, every: int = VALIDATION_EVERY) -> tuple[PairSet, PairSet]:
-    """(training, validation): every ``every``-th pair by sorted name is validation, from the ``every // 2``-th on
-    (from the last one when there are fewer pairs). Raises ValueError for fewer than two pairs."""
-    if len(data) < 2:
-        raise ValueError(f"a validation split needs at least 2 pairs, got {len(data)}")
-    val_idx = set(range(min(every // 2, len(data) - 1), len(data), every))
+    """(training, validation) by ``validation_indices``. Raises ValueError for fewer than two pairs."""
+    val_idx = validation_indices(len(data), every)
 
     def subset(keep: bool) -> PairSet:
         idx = [i for i in range(len(data)) if (i in val_idx) == keep]
