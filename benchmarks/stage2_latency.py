@@ -1,6 +1,7 @@
 """Stage II cost at 640x480: parameters, latency of one sampler step (one U-Net + head call) and of a refine().
 
     python benchmarks/stage2_latency.py [--threads 2] [--repeats 5] [--steps 4] [--weights PATH] [--device cpu]
+                                        [--condition f1_masks|f1_masks_sources]
 
 Prints JSON. Without --weights a freshly built model of the default architecture is timed (same cost).
 Speed targets live here, not in tests.
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
     parser.add_argument("--weights", default=None)
     parser.add_argument("--no-hfah", action="store_true")
+    parser.add_argument("--condition", default="f1_masks", help="condition of a freshly built model (no --weights)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,19 +51,25 @@ def main() -> int:
     if args.weights:
         model, schedule = load_stage2(args.weights, device)
     else:
-        model, schedule = build_stage2(use_hfah=not args.no_hfah).to(device).eval(), NoiseSchedule()
+        model = build_stage2(use_hfah=not args.no_hfah, condition=args.condition).to(device).eval()
+        schedule = NoiseSchedule()
     w, h = args.size
     generator = torch.Generator().manual_seed(0)
     f1 = torch.rand(1, 3, h, w, generator=generator).to(device)
     masks = torch.rand(1, 2, h, w, generator=generator).to(device)
+    sources = torch.rand(1, 2, h, w, generator=generator).to(device)  # IR, Y_vis (used if the model reads them)
     x_t = torch.randn(1, 3, h, w, generator=generator).to(device)
     t = torch.tensor([300], device=device)
-    cond = torch.cat([f1, masks], dim=1)
+    cond = torch.cat([f1, masks, sources][: 3 if model.config.uses_sources else 2], dim=1)
     refiner = DiffusionRefiner(model, schedule, steps=args.steps, strength=args.strength)
     with torch.inference_mode():
         model(x_t, t, cond)  # warm-up (oneDNN primitive creation)
         step_ms = _time(lambda: model(x_t, t, cond), args.repeats, device)
-        refine_ms = _time(lambda: refiner.refine(f1, masks[:, :1], masks[:, 1:]), max(1, args.repeats // 2), device)
+        refine_ms = _time(
+            lambda: refiner.refine(f1, masks[:, :1], masks[:, 1:], sources[:, :1], sources[:, 1:]),
+            max(1, args.repeats // 2),
+            device,
+        )
     result = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "cpu": platform.processor() or platform.machine(),

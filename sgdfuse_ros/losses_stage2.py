@@ -27,14 +27,13 @@ the thermal intensity is asked for only where the prior says a warm target is. T
 strongest edge of either input everywhere; M_vis only re-weights (salient visible structure counts as much as
 the rest of the image).
 
-``objective="fidelity"`` (``--objective fidelity``, the shipped weights) is relative to F1, which already beats the
-pixel maximum on contrast and sharpness (a Stage II target below F1 can only soften it):
+``objective="fidelity"`` (``--objective fidelity``) keeps the paper's mask-guided intensity term (above, "max")
+and replaces the gradient target by a floor relative to F1, which is already sharper than either source:
 
-    intensity = mean_{M_ir}(|Y - max(F1_y, IR)|) + mean_{1 - M_ir}(|Y - F1_y|)
     gradient  = mean_{M_vis}(relu(|grad F1_y| - |grad Y|)) + mean_{1 - M_vis}(relu(|grad F1_y| - |grad Y|))
 
-Salient warm targets are never dimmer than the thermal camera shows them, the rest keeps Stage I's intensities,
-and edges may get stronger but never weaker than in F1 (docs/stage2.md: why no stronger fidelity target).
+Stage II may move intensities towards the sources (thermal intensity on salient warm targets, max elsewhere) but
+edges may only get stronger, never weaker than in F1 (docs/stage2.md: why).
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ __all__ = [
     "mask_guided_gradient_loss",
     "mask_guided_intensity_loss",
     "fidelity_gradient_loss",
-    "fidelity_intensity_loss",
     "OBJECTIVES",
 ]
 
@@ -109,17 +107,6 @@ def mask_guided_gradient_loss(
     return inside + outside
 
 
-def fidelity_intensity_loss(fused_y: Tensor, f1_y: Tensor, ir: Tensor, mask_ir: Tensor) -> Tensor:
-    """mean_{M_ir}|Y - max(F1_y, IR)| + mean_{1-M_ir}|Y - F1_y|; all [N,1,H,W] in [0,1] -> scalar >= 0.
-
-    The targets depend on F1 and the thermal image only (no gradient flows into them).
-    """
-    _check_mask(mask_ir, fused_y, "mask_ir")
-    inside = masked_mean((fused_y - torch.maximum(f1_y, ir).detach()).abs(), mask_ir)
-    outside = masked_mean((fused_y - f1_y.detach()).abs(), 1.0 - mask_ir)
-    return inside + outside
-
-
 def fidelity_gradient_loss(fused_y: Tensor, f1_y: Tensor, mask_vis: Tensor) -> Tensor:
     """Edges no weaker than F1's: mean over M_vis and over 1 - M_vis of relu(|grad F1_y| - |grad Y|) -> scalar."""
     _check_mask(mask_vis, fused_y, "mask_vis")
@@ -146,9 +133,9 @@ class Stage2Loss(nn.Module):
     """Stage II objective on the predicted clean image (weights: the authors' 1.5 / 1.0 for intensity / gradient).
 
     ``objective``: "max" (default; max(IR, Y_vis) intensity target outside M_ir), "semantic" (Y_vis outside
-    M_ir) or "fidelity" (relative to F1; see the module docstring). ``vis_gradient_target`` is passed to
-    ``mask_guided_gradient_loss`` as ``inside_target`` (not used by "fidelity"); None means "vis" for the "max"
-    objective and "max" for the "semantic" one.
+    M_ir) or "fidelity" ("max" intensity, gradients never below F1's; see the module docstring).
+    ``vis_gradient_target`` is passed to ``mask_guided_gradient_loss`` as ``inside_target`` (not used by
+    "fidelity"); None means "vis" for the "max" objective and "max" for the "semantic" one.
 
     forward(x0_rgb [N,3,H,W] in [0,1], ir [N,1,H,W], vis_rgb [N,3,H,W], f1 [N,3,H,W], mask_ir, mask_vis
     [N,1,H,W], all in [0,1]) -> Stage2LossOutput.
@@ -182,13 +169,11 @@ class Stage2Loss(nn.Module):
     ) -> Stage2LossOutput:
         fused_y = split_luma_chroma(x0_rgb)[0]
         vis_y = split_luma_chroma(vis_rgb)[0]
+        outside = "vis" if self.objective == "semantic" else "max"
+        l_int = mask_guided_intensity_loss(fused_y, ir, vis_y, mask_ir, outside)
         if self.objective == "fidelity":
-            f1_y = split_luma_chroma(f1)[0]
-            l_int = fidelity_intensity_loss(fused_y, f1_y, ir, mask_ir)
-            l_grad = fidelity_gradient_loss(fused_y, f1_y, mask_vis)
+            l_grad = fidelity_gradient_loss(fused_y, split_luma_chroma(f1)[0], mask_vis)
         else:
-            outside = "vis" if self.objective == "semantic" else "max"
-            l_int = mask_guided_intensity_loss(fused_y, ir, vis_y, mask_ir, outside)
             l_grad = mask_guided_gradient_loss(fused_y, ir, vis_y, mask_vis, self.vis_gradient_target)
         l_chroma = chroma_loss(x0_rgb, vis_rgb)
         l_anchor = (x0_rgb - f1).abs().mean()

@@ -183,6 +183,25 @@ def test_ablations_rerun_stage2_on_the_same_f1_and_masks(untrained_pipeline, tmp
     assert "| masks dilated 5 px | 1 |" in (tmp_path / "report.md").read_text()
 
 
+def test_sampler_ablations_resample_the_same_network(untrained_pipeline):
+    from sgdfuse_ros.models.diffusion import NoiseSchedule
+    from sgdfuse_ros.models.stage2 import DiffusionRefiner, Stage2Config, build_stage2
+
+    untrained_pipeline.refiner = MaskScaledRefiner()
+    rows = {v.key: v for v in build_ablation_variants(untrained_pipeline, (3,), None, (1, 8), (0.25,))}
+    assert "not a DiffusionRefiner" in rows["steps_1"].unavailable  # a test double has no sampler to vary
+    model = build_stage2(Stage2Config(base_channels=8, channel_mults=(1, 2), attn_heads=2, hfah_width=4))
+    untrained_pipeline.refiner = DiffusionRefiner(model, NoiseSchedule(), steps=4, strength=0.5, seed=3)
+    try:
+        rows = {v.key: v for v in build_ablation_variants(untrained_pipeline, (3,), None, (1, 8), (0.25,))}
+    finally:
+        untrained_pipeline.refiner = None
+    assert [k for k in rows if k.startswith(("steps", "strength"))] == ["steps_1", "steps_8", "strength_0.25"]
+    one, eight, weak = rows["steps_1"].refiner, rows["steps_8"].refiner, rows["strength_0.25"].refiner
+    assert (one.steps, one.strength, eight.steps, weak.steps, weak.strength) == (1, 0.5, 8, 4, 0.25)
+    assert one.model is model and weak.seed == 3 and not rows["steps_1"].unavailable
+
+
 # ------------------------------------------------------------------------------------------------ the command
 
 

@@ -292,12 +292,16 @@ def build_ablation_variants(
     pipeline: FusionPipeline,
     radii: Sequence[int] = DEFAULT_MORPH_RADII,
     no_hfah_weights: str | Path | None = None,
+    sampler_steps: Sequence[int] = (),
+    sampler_strengths: Sequence[float] = (),
 ) -> list[AblationVariant]:
     """The ablation rows for ``pipeline`` (its refiner is the full model); unavailable rows carry the reason.
 
     Without a Stage II refiner every row but "Stage I only" is unavailable. The no-HFAH row loads
     ``no_hfah_weights`` (default: a shipped ``weights/stage2*no*hfah*.pt``) with the full refiner's sampler
-    settings (steps, strength, seed); it is "not trained" when no such checkpoint exists.
+    settings (steps, strength, seed); it is "not trained" when no such checkpoint exists. ``sampler_steps`` and
+    ``sampler_strengths`` add rows with the same network sampled with another number of DDIM steps or another
+    start strength (the other settings as configured).
     """
     base = pipeline.refiner
     variants = [
@@ -350,6 +354,24 @@ def build_ablation_variants(
                 model, schedule, steps=base.steps, strength=base.strength, seed=base.seed, use_masks=base.use_masks
             )
             hfah.description += f" ({path.name})"
+    for steps, strength in [(n, None) for n in sampler_steps] + [(None, x) for x in sampler_strengths]:
+        key = f"steps_{steps}" if steps is not None else f"strength_{strength:g}"
+        label = f"{steps} DDIM step(s)" if steps is not None else f"strength {strength:g}"
+        variant = AblationVariant(key, label, "the full model sampled differently")
+        if not hasattr(base, "model") or not hasattr(base, "schedule"):
+            variant.unavailable = f"not available: the configured refiner is not a DiffusionRefiner ({base.name})"
+        else:
+            from ..models.stage2 import DiffusionRefiner
+
+            variant.refiner = DiffusionRefiner(
+                base.model,
+                base.schedule,
+                steps=steps if steps is not None else base.steps,
+                strength=strength if strength is not None else base.strength,
+                seed=base.seed,
+                use_masks=base.use_masks,
+            )
+        variants.append(variant)
     return variants
 
 
@@ -418,6 +440,8 @@ def run_evaluation(
     ablations: bool = False,
     morph_radii: Sequence[int] = DEFAULT_MORPH_RADII,
     no_hfah_weights: str | Path | None = None,
+    sampler_steps: Sequence[int] = (),
+    sampler_strengths: Sequence[float] = (),
     sheet_rows: int = 4,
     sheet_tile: int = 240,
     sheet_peers: Sequence[str] | None = None,
@@ -433,7 +457,8 @@ def run_evaluation(
         pipeline: a built FusionPipeline; its ``refiner`` (None = Stage I only) is the full model.
         out_dir: report folder (created).
         peers_dir: folder of ``<Method>/<stem>.*`` fused outputs of published methods, or None.
-        ablations: also evaluate the ablation variants (``build_ablation_variants``).
+        ablations: also evaluate the ablation variants (``build_ablation_variants``, with ``morph_radii``,
+            ``no_hfah_weights``, ``sampler_steps`` and ``sampler_strengths``).
     Returns:
         The summary written to ``results.json`` (see docs/evaluation.md for its layout).
     """
@@ -458,7 +483,11 @@ def run_evaluation(
     for name in peers:
         methods[f"peer:{name}"] = _Method(f"peer:{name}", name, "peer")
 
-    variants = build_ablation_variants(pipeline, morph_radii, no_hfah_weights) if ablations else []
+    variants = (
+        build_ablation_variants(pipeline, morph_radii, no_hfah_weights, sampler_steps, sampler_strengths)
+        if ablations
+        else []
+    )
     ablation_rows = {v.key: _Method(v.key, v.label, "ablation") for v in variants}
     runnable = [v for v in variants if v.refiner is not None and not v.unavailable and v.key != "full"]
     capture = _CapturingRefiner(pipeline.refiner) if (has_stage2 and runnable) else None
@@ -750,6 +779,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-hfah-weights", help="Stage II checkpoint trained without HFAH (default: weights/stage2*no*hfah*.pt)"
     )
+    parser.add_argument(
+        "--ablation-steps", type=int, nargs="*", default=[], help="also sample Stage II with these DDIM step counts"
+    )
+    parser.add_argument(
+        "--ablation-strengths", type=float, nargs="*", default=[], help="also sample Stage II from these strengths"
+    )
     parser.add_argument("--sheet-rows", type=int, default=4, help="pairs shown in the contact sheet (default 4)")
     parser.add_argument("--sheet-tile", type=int, default=240, help="contact-sheet tile width in pixels (default 240)")
     parser.add_argument(
@@ -784,6 +819,10 @@ def _command_line(args: argparse.Namespace) -> str:
             parts += ["--morph-radii", *map(str, args.morph_radii)]
         if args.no_hfah_weights:
             parts += ["--no-hfah-weights", args.no_hfah_weights]
+        if args.ablation_steps:
+            parts += ["--ablation-steps", *map(str, args.ablation_steps)]
+        if args.ablation_strengths:
+            parts += ["--ablation-strengths", *(f"{x:g}" for x in args.ablation_strengths)]
     return " ".join(parts)
 
 
@@ -810,6 +849,8 @@ def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
         ablations=args.ablations,
         morph_radii=args.morph_radii,
         no_hfah_weights=args.no_hfah_weights,
+        sampler_steps=args.ablation_steps,
+        sampler_strengths=args.ablation_strengths,
         sheet_rows=args.sheet_rows,
         sheet_tile=args.sheet_tile,
         sheet_peers=[p.strip() for p in args.sheet_peers.split(",")] if args.sheet_peers else None,

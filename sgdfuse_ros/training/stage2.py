@@ -117,7 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=OBJECTIVES,
         default="max",
         help="max: intensity target max(IR, VIS) outside M_ir (default); semantic: the visible luminance outside "
-        "M_ir and the max-gradient target everywhere; fidelity: relative to F1 (losses_stage2)",
+        "M_ir and the max-gradient target everywhere; fidelity: max intensity, edges never below F1's (losses_stage2)",
     )
     g.add_argument(
         "--vis-gradient-target",
