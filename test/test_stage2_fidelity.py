@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -261,3 +262,10 @@ def test_sheet_pairs_parse_and_rows_come_from_the_named_folders(tmp_path):
     assert sheet.shape[1] == 6 * 64 + 5 * 4 and (tmp_path / "sheet.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="nope"):
         build_rows(pipeline, tmp_path, [parse_pair("mri_pet:nope:X")])
+    # The documented command, with the same data root.
+    from sgdfuse_ros.cli import main
+
+    out = tmp_path / "cli_sheet.png"
+    assert main(["sheet", "--data", str(tmp_path), "--pair", f"mri_pet:{stem}:X", "--out", str(out)]) == 0
+    assert cv2.imread(str(out)).shape[1] == 6 * 160 + 5 * 4
+    assert main(["sheet", "--data", str(tmp_path), "--pair", "kaist:1", "--out", str(out)]) == 2

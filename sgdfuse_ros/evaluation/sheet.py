@@ -58,8 +58,8 @@ class SheetPair:
 DEFAULT_PAIRS: tuple[str, ...] = (
     "msrs:00537D",
     "msrs:01423D",
-    "msrs:00722N",
-    "msrs:01070N",
+    "msrs:01016N",
+    "msrs:01290N",
     "m3fd:00512",
     "mri_pet:21",
 )
