@@ -169,8 +169,8 @@ class Stage2Settings:
 
     enabled: bool = _param(
         False,
-        "Refine F1 with the Stage II diffusion model: 'steps' network evaluations per frame (each roughly 0.5 s "
-        "at 640x480 on one CPU core; benchmarks/stage2_latency.py measures your hardware). Off: the output is F1.",
+        "Refine F1 with the Stage II diffusion model: 'steps' network evaluations per frame (each roughly 0.26 s "
+        "at 640x480 on 2 CPU threads; benchmarks/stage2_latency.py measures your hardware). Off: the output is F1.",
     )
     weights: str = _param("", "Stage II weights file; empty = the weights shipped with the package.")
     steps: int = _param(4, "Deterministic DDIM steps (network evaluations) per frame.", minimum=1, maximum=50)

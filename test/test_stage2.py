@@ -326,12 +326,10 @@ def train_args(tmp: Path, out: str, **overrides) -> argparse.Namespace:
     return args
 
 
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory):
+def make_train_dir(tmp: Path) -> Path:
     """Two bundled pairs (copied: the bundled RoadScene pairs are held out of real training) + random Stage I."""
     from sgdfuse_ros.models.stage1 import build_stage1, stage1_checkpoint
 
-    tmp = tmp_path_factory.mktemp("stage2_train")
     for sub in ("ir", "vi"):
         (tmp / "data" / sub).mkdir(parents=True)
         for stem in TRAIN_PAIRS:
@@ -339,6 +337,11 @@ def train_dir(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(stage1_checkpoint(build_stage1()), tmp / "stage1.pt")
     return tmp
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    return make_train_dir(tmp_path_factory.mktemp("stage2_train"))
 
 
 def read_log(path: Path) -> list[dict]:
@@ -496,6 +499,13 @@ def test_shipped_weights_load_and_refine_a_held_out_pair(refiner_inputs):
     assert path.stat().st_size < 16 * 2**20
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["prior"]["name"] == "fallback" and "FLIR_04598" in record["excluded_names"]
+    # Trained on the F1 of the shipped Stage I (the training cache is keyed on its weights).
+    import hashlib
+
+    from sgdfuse_ros.models.stage1 import default_stage1_weights_path
+
+    assert record["stage1"]["sha256"] == hashlib.sha256(default_stage1_weights_path().read_bytes()).hexdigest()
+    assert not any(str(v).startswith("/") for v in (record["stage1"]["weights"], record["dataset"]["root"]))
     f1, m_ir, m_vis = refiner_inputs  # a crop of held-out FLIR_04598
     refiner = load_refiner(path, steps=2, strength=0.5)
     out = refiner.refine(f1, m_ir, m_vis)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_stage2 import PAIRS, SMALL, TRAIN_PAIRS, randomise, real_crop, train_args
+from test_stage2 import PAIRS, SMALL, TRAIN_PAIRS, make_train_dir, randomise, real_crop, train_args
 
 from sgdfuse_ros.evaluation.targets import STAGE2_GAIN, stage2_rule
 from sgdfuse_ros.imaging import merge_luma_chroma, split_luma_chroma
@@ -157,16 +157,9 @@ def test_stage2_rule_needs_a_real_gain_and_no_loss():
 
 @pytest.fixture(scope="module")
 def night_cache(tmp_path_factory):
-    from sgdfuse_ros.models.stage1 import build_stage1, stage1_checkpoint
     from sgdfuse_ros.training.stage2_cache import build_cache
 
-    tmp = tmp_path_factory.mktemp("stage2_night")
-    for sub in ("ir", "vi"):
-        (tmp / "data" / sub).mkdir(parents=True)
-        for stem in TRAIN_PAIRS:
-            shutil.copy(PAIRS / sub / f"{stem}.jpg", tmp / "data" / sub / f"{stem}.jpg")
-    torch.manual_seed(0)
-    torch.save(stage1_checkpoint(build_stage1()), tmp / "stage1.pt")
+    tmp = make_train_dir(tmp_path_factory.mktemp("stage2_night"))
     args = train_args(tmp, "run", night_proxy=True)
     build_cache(args, tmp / "cache")
     return tmp

@@ -437,6 +437,7 @@ def _export(
         "final_losses": _final_losses(out / "losses.jsonl"),
         "wall_time_s": round(elapsed, 1),
         "cache_build_time_s": manifest.get("build_time_s"),
+        "cache_command_arguments": manifest.get("command_arguments"),
         "device": device_name,
         "torch_version": torch.__version__,
         "licence": LICENCE_NOTE,

@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from ..imaging import merge_luma_chroma, split_luma_chroma
 from ..priors.base import SemanticPrior
+from .common import relative_arguments
 from .data import darken, list_pairs
 from .validation import validation_indices
 
@@ -102,8 +104,9 @@ def build_cache(args: argparse.Namespace, cache: Path) -> dict:
         "data": str(args.data),
         "names": names,
         "night_proxy": bool(args.night_proxy),
+        "command_arguments": relative_arguments(sys.argv[1:]),
         "excluded_names": list(args.exclude),
-        "stage1_weights": str(stage1_path),
+        "stage1_weights": relative_arguments([str(stage1_path)])[0],  # no machine's absolute path in records
         "stage1_sha256": stage1_sha,
         "prior_kind": args.prior,
         "prior": prior.name,
