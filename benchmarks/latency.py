@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sgdfuse_ros.cli import parse_overrides, read_thermal, read_visible  # noqa: E402
-from sgdfuse_ros.config import load_config  # noqa: E402
+from sgdfuse_ros.config import load_config, parse_overrides  # noqa: E402
+from sgdfuse_ros.files import read_thermal, read_visible  # noqa: E402
 from sgdfuse_ros.pipeline import FusionPipeline  # noqa: E402
 
 SAMPLES = ROOT / "samples" / "pairs"

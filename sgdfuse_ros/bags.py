@@ -525,7 +525,7 @@ def frame_stamps(options: MakeOptions, count: int) -> tuple[np.ndarray, np.ndarr
 
 def _prepare_pair(ir_path: Path, vi_path: Path, options: MakeOptions) -> tuple[np.ndarray, np.ndarray]:
     """Read one pair -> (thermal in the bag's encoding, RGB in the bag's encoding), resized as asked."""
-    from .cli import read_thermal, read_visible
+    from .files import read_thermal, read_visible
 
     thermal, _ = read_thermal(ir_path)
     visible, _ = read_visible(vi_path)  # BGR
@@ -554,7 +554,7 @@ def make_bag(
     thermal stamp that plus ``offset`` (+ independent jitter). Log (receive) time = header stamp, and
     messages are written in log-time order, as a recorder would store two free-running cameras.
     """
-    from .cli import find_pairs
+    from .files import find_pairs
 
     options = options or MakeOptions()
     options.check()

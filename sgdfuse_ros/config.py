@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "parse_overrides",
     "ConfigError",
     "DeviceConfig",
     "FuseConfig",
@@ -478,6 +479,17 @@ def default_config_path() -> Path:
     from .resources import find_resource
 
     return find_resource("config/fuse.yaml")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """["section.key=value", ...] -> {"section.key": value} with YAML typing of the values."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(item, item, "--set expects section.key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def render_parameter_yaml() -> str:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from ..files import IMAGE_SUFFIXES
 from ..metrics import METRIC_NAMES, evaluate, to_gray
 from .baselines import BASELINES, maximum_with_visible_chroma
 from .targets import TIE_TOLERANCE, at_least, quality_rule, stage2_rule
@@ -67,7 +68,6 @@ __all__ = [
 #: Method keys of our two outputs in results.json.
 OURS = "ours"
 OURS_F1 = "ours_f1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_MORPH_RADII = (3, 7)
 
 
@@ -492,7 +492,7 @@ def run_evaluation(
     runnable = [v for v in variants if v.refiner is not None and not v.unavailable and v.key != "full"]
     capture = _CapturingRefiner(pipeline.refiner) if (has_stage2 and runnable) else None
 
-    from ..cli import read_thermal, read_visible
+    from ..files import read_thermal, read_visible
 
     sheet: list[dict[str, Any]] = []
     timings: list[dict[str, float]] = []
@@ -830,7 +830,7 @@ def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
     """Run ``sgdfuse evaluate`` with a parsed namespace and its FuseConfig; returns the exit status."""
     import torch
 
-    from ..cli import find_pairs
+    from ..files import find_pairs
     from ..pipeline import FusionPipeline
 
     stems = [s.strip() for item in (args.stems or []) for s in item.split(",") if s.strip()]

@@ -35,8 +35,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from sgdfuse_ros.cli import find_pairs
 from sgdfuse_ros.config import default_config_path
+from sgdfuse_ros.files import find_pairs
 from sgdfuse_ros.msg import FusionStats
 from sgdfuse_ros.ros.conversion import array_to_image, image_to_array
 from sgdfuse_ros.ros.pair_publisher import RGB_FRAME_ID, THERMAL_FRAME_ID, default_pairs_dir, load_pair

@@ -28,8 +28,8 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from sgdfuse_ros.cli import find_pairs
 from sgdfuse_ros.config import ThermalConfig
+from sgdfuse_ros.files import find_pairs
 from sgdfuse_ros.resources import find_resource
 from sgdfuse_ros.ros.conversion import array_to_image
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..files import IMAGE_SUFFIXES
 from ..imaging import LUMA_WEIGHTS
 
 __all__ = ["HELD_OUT_NAMES", "IMAGE_SUFFIXES", "PairSet", "darken", "list_pairs", "load_pair", "sample_batch"]
@@ -20,7 +21,6 @@ __all__ = ["HELD_OUT_NAMES", "IMAGE_SUFFIXES", "PairSet", "darken", "list_pairs"
 # RoadScene pairs bundled with the package (samples/pairs) and held out of every training run.
 HELD_OUT_NAMES: tuple[str, ...] = ("FLIR_04269", "FLIR_04598", "FLIR_06307", "FLIR_06570", "FLIR_08835")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def list_pairs(
