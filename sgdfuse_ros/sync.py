@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RGB", "THERMAL", "TOPIC_LABELS", "ApproximateSync", "PairAccounting", "stamp_ns"]
+__all__ = ["RGB", "THERMAL", "TOPIC_LABELS", "ApproximateSync", "PairAccounting", "TimeJumpDetector", "stamp_ns"]
 
 THERMAL, RGB = 0, 1
 TOPIC_LABELS = ("thermal", "rgb")
@@ -108,6 +108,34 @@ class PairAccounting:
             }
 
 
+class TimeJumpDetector:
+    """Detects a backwards jump of either stream's stamps by more than ``slop`` (bag loop, clock reset, a
+    ``/clock`` jump under use_sim_time).
+
+    After such a jump the synchronizer's queues hold later, unmatched stamps: every new (older) message is
+    evicted on arrival and no pair forms until the stamps pass the stale ones. The remedy is a reset of the
+    pairing; this class only says when. Jitter within the slop (out-of-order delivery) is not a jump.
+    """
+
+    def __init__(self, slop_s: float) -> None:
+        self._slop_ns = int(slop_s * 1_000_000_000)
+        self._last: list[int | None] = [None, None]
+        self.jumps = 0
+
+    def check(self, topic: int, stamp_ns: int) -> bool:
+        """Record ``stamp_ns`` on ``topic`` (THERMAL or RGB); True when it jumped backwards beyond the slop.
+
+        On a jump the other topic's last stamp is forgotten too (it belongs to the old time line).
+        """
+        last = self._last[topic]
+        jumped = last is not None and stamp_ns < last - self._slop_ns
+        if jumped:
+            self.jumps += 1
+            self._last = [None, None]
+        self._last[topic] = stamp_ns
+        return jumped
+
+
 @dataclass
 class _TopicCount:
     received: int = 0
@@ -141,19 +169,25 @@ class ApproximateSync:
 
     Accounting (message_filters itself counts nothing): per input received, paired and unpaired by
     reason (``duplicate_stamp`` overwritten, ``queue_overflow`` evicted, ``left_in_queue`` still
-    queued at :meth:`finish`), and stamps that went backwards or repeated. These are exact:
-    received = paired + unpaired after :meth:`finish`.
+    queued at :meth:`finish`, ``time_jump`` dropped by a reset), and stamps that went backwards or repeated.
+    These are exact: received = paired + unpaired after :meth:`finish`.
+
+    ``reset_on_time_jump``: when a stamp jumps backwards by more than the slop on either input
+    (:class:`TimeJumpDetector`), both queues are emptied before the message is queued, as the node swaps in
+    a fresh message_filters synchronizer; ``time_jumps`` counts the resets. Off, the synchronizer keeps its
+    stale queues, as message_filters does.
     """
 
     NAMES = TOPIC_LABELS
 
-    def __init__(self, queue_size: int, slop: float) -> None:
+    def __init__(self, queue_size: int, slop: float, reset_on_time_jump: bool = False) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.queue_size = int(queue_size)
         self.slop_ns = int(slop * 1_000_000_000)
         self.queues: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
         self.counts = (_TopicCount(), _TopicCount())
+        self.jump_detector = TimeJumpDetector(slop) if reset_on_time_jump else None
 
     def add(self, index: int, stamp: int, item: Any) -> tuple[Any, Any] | None:
         """Queue ``item`` (stamp in ns) on input ``index``; return (thermal item, RGB item) when a pair forms."""
@@ -165,6 +199,8 @@ class ApproximateSync:
             count.repeated += 1
         count.seen.add(stamp)
         count.last_stamp = stamp
+        if self.jump_detector is not None and self.jump_detector.check(index, stamp):
+            self.reset("time_jump")
 
         queue, other = self.queues[index], self.queues[1 - index]
         if stamp in queue:
@@ -194,12 +230,20 @@ class ApproximateSync:
         unpaired = self.counts[index].unpaired
         unpaired[reason] = unpaired.get(reason, 0) + 1
 
-    def finish(self) -> None:
-        """End of input: whatever is still queued will never pair."""
+    def reset(self, reason: str) -> None:
+        """Empty both queues; each queued item counts as unpaired for ``reason``."""
         for index, queue in enumerate(self.queues):
             for _ in range(len(queue)):
-                self._lose(index, "left_in_queue")
+                self._lose(index, reason)
             queue.clear()
+
+    def finish(self) -> None:
+        """End of input: whatever is still queued will never pair."""
+        self.reset("left_in_queue")
+
+    @property
+    def time_jumps(self) -> int:
+        return self.jump_detector.jumps if self.jump_detector is not None else 0
 
     @property
     def pairs(self) -> int:
@@ -214,6 +258,7 @@ class ApproximateSync:
             "unpaired_by_reason": {},
             "stamps_backwards": {},
             "stamps_repeated": {},
+            "time_jumps": self.time_jumps,
         }
         for name, count in zip(self.NAMES, self.counts, strict=True):
             out["received"][name] = count.received
