@@ -20,8 +20,7 @@ import numpy as np
 
 from sgdfuse_ros.evaluation.targets import mean_over, stage2_rule
 from sgdfuse_ros.metrics import METRIC_NAMES, evaluate, to_gray
-from sgdfuse_ros.training.stage2_cache import NIGHT_SUFFIX, CacheSet, cache_entry_names
-from sgdfuse_ros.training.validation import validation_indices
+from sgdfuse_ros.training.stage2_cache import CacheSet
 
 Images = dict[str, np.ndarray]
 
@@ -59,14 +58,8 @@ def main() -> int:
     parser.add_argument("--validation-every", type=int, default=10)
     args = parser.parse_args()
     cache = CacheSet.load(args.cache)
-    names = cache_entry_names(cache.manifest)
-    held_out = validation_indices(len(cache.manifest["names"]), args.validation_every)
-    copies = 2 if cache.manifest.get("night_proxy") else 1
     rows: dict[str, dict[str, list[dict[str, float]]]] = {}
-    for index, (name, item) in enumerate(zip(names, cache.arrays, strict=True)):
-        if index // copies not in held_out:
-            continue
-        condition = "night" if name.endswith(NIGHT_SUFFIX) else "day"
+    for condition, item in cache.validation_entries(args.validation_every):
         f1_rgb = np.clip(np.round(item["f1"].astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
         d = {
             "f1": to_gray(np.ascontiguousarray(f1_rgb[..., ::-1])),

@@ -139,13 +139,18 @@ def test_default_model_is_compact():
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def refiner_inputs():
+def refiner_tensors():
+    """A real crop's (F1 = max(IR, Y) with the visible colour, M_ir, M_vis, IR, Y_vis), all [1,C,48,64] in [0, 1]."""
     ir, vis = real_crop(size=(48, 64))
     m_ir, m_vis = FallbackPrior(work_size=0).masks(ir, vis)
     y, chroma = split_luma_chroma(vis)
     f1 = merge_luma_chroma(torch.maximum(ir, y), chroma)
-    return f1, m_ir, m_vis
+    return f1, m_ir, m_vis, ir, y
+
+
+@pytest.fixture(scope="module")
+def refiner_inputs():
+    return refiner_tensors()[:3]
 
 
 def test_refiner_output_range_shape_and_determinism(refiner_inputs):

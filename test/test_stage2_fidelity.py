@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_stage2 import PAIRS, SMALL, TRAIN_PAIRS, make_train_dir, randomise, real_crop, train_args
+from test_stage2 import PAIRS, SMALL, TRAIN_PAIRS, make_train_dir, randomise, real_crop, refiner_tensors, train_args
 
 from sgdfuse_ros.evaluation.targets import STAGE2_GAIN, stage2_rule
 from sgdfuse_ros.imaging import merge_luma_chroma, split_luma_chroma
@@ -68,11 +68,7 @@ def test_fidelity_objective_is_the_paper_intensity_term_with_an_f1_gradient_floo
 
 @pytest.fixture(scope="module")
 def source_inputs():
-    ir, vis = real_crop(size=(48, 64))
-    m_ir, m_vis = FallbackPrior(work_size=0).masks(ir, vis)
-    y, chroma = split_luma_chroma(vis)
-    f1 = merge_luma_chroma(torch.maximum(ir, y), chroma)
-    return f1, m_ir, m_vis, ir, y
+    return refiner_tensors()
 
 
 def test_source_conditioned_refiner_reads_the_sources(source_inputs):
@@ -262,3 +258,4 @@ def test_sheet_pairs_parse_and_rows_come_from_the_named_folders(tmp_path):
     assert main(["sheet", "--data", str(tmp_path), "--pair", f"mri_pet:{stem}:X", "--out", str(out)]) == 0
     assert cv2.imread(str(out)).shape[1] == 6 * 160 + 5 * 4
     assert main(["sheet", "--data", str(tmp_path), "--pair", "kaist:1", "--out", str(out)]) == 2
+    assert main(["sheet", "--data", str(tmp_path / "absent"), "--out", str(out)]) == 2  # no ../shared here

@@ -19,8 +19,10 @@ from typing import Any
 
 import cv2
 
+from ..files import find_pairs
 from .baselines import maximum_with_visible_chroma
 from .report import comparison_sheet
+from .run import find_peers
 
 __all__ = ["DATASETS", "DEFAULT_PAIRS", "SheetPair", "add_arguments", "build_rows", "parse_pair", "sheet_command"]
 
@@ -79,13 +81,6 @@ def parse_pair(text: str) -> SheetPair:
     return SheetPair(parts[0], parts[1], peer)
 
 
-def _find(folder: Path, stem: str) -> Path:
-    matches = sorted(p for p in folder.glob(f"{stem}.*") if p.is_file())
-    if not matches:
-        raise FileNotFoundError(f"no image {stem}.* in {folder}")
-    return matches[0]
-
-
 def build_rows(pipeline: Any, data_root: str | Path, pairs: Sequence[SheetPair]) -> list[dict[str, Any]]:
     """Fuse each pair with ``pipeline`` (a ``FusionPipeline``) -> rows for ``report.comparison_sheet``.
 
@@ -95,12 +90,19 @@ def build_rows(pipeline: Any, data_root: str | Path, pairs: Sequence[SheetPair])
     rows = []
     for pair in pairs:
         ds = DATASETS[pair.dataset]
-        ir = cv2.imread(str(_find(root / ds.folder / ds.ir_dir, pair.stem)), cv2.IMREAD_GRAYSCALE)
-        vis = cv2.imread(str(_find(root / ds.folder / ds.vis_dir, pair.stem)), cv2.IMREAD_COLOR)[..., ::-1].copy()
+        found = {stem: (ir, vi) for stem, ir, vi in find_pairs(root / ds.folder, ds.ir_dir, ds.vis_dir)}
+        if pair.stem not in found:
+            raise FileNotFoundError(f"no pair {pair.stem} in {root / ds.folder} ({ds.ir_dir}/, {ds.vis_dir}/)")
+        ir_path, vi_path = found[pair.stem]
+        ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
+        vis = cv2.imread(str(vi_path), cv2.IMREAD_COLOR)[..., ::-1].copy()
         result = pipeline.fuse(ir, vis, "mono8", "rgb8")
         peer = None
         if pair.peer:
-            peer = cv2.imread(str(_find(root / ds.peers / pair.peer, pair.stem)), cv2.IMREAD_COLOR)[..., ::-1].copy()
+            peer_file = find_peers(root / ds.peers, [pair.stem]).get(pair.peer, {}).get(pair.stem)
+            if peer_file is None:
+                raise FileNotFoundError(f"no output of {pair.peer} for {pair.stem} in {root / ds.peers}")
+            peer = cv2.imread(str(peer_file), cv2.IMREAD_COLOR)[..., ::-1].copy()
         rows.append(
             {
                 "label": f"{pair.dataset} {pair.stem}",
@@ -136,6 +138,9 @@ def sheet_command(args: argparse.Namespace, config: Any) -> int:
         pairs = [parse_pair(p) for p in (args.pair or DEFAULT_PAIRS)]
     except ValueError as exc:
         print(f"sgdfuse sheet: {exc}")
+        return 2
+    if not Path(args.data).is_dir():
+        print(f"sgdfuse sheet: data root {args.data} not found (it holds msrs/, m3fd/, medical/, peers/; pass --data)")
         return 2
     pipeline = FusionPipeline.from_config(config)
     try:

@@ -177,14 +177,25 @@ class CacheSet:
     def __len__(self) -> int:
         return len(self.arrays)
 
+    def _held_out(self, every: int) -> list[bool]:
+        """Per entry: does it belong to Stage I's validation split (a night copy follows its pair)?"""
+        held_out = validation_indices(len(self.manifest["names"]), every) if every > 0 else set()
+        copies = 2 if self.manifest.get("night_proxy") else 1
+        return [i // copies in held_out for i in range(len(self.arrays))]
+
     def without_validation(self, every: int) -> CacheSet:
         """The cache minus Stage I's validation pairs (and their night copies); ``every`` 0 keeps everything."""
-        if every <= 0:
-            return self
-        held_out = validation_indices(len(self.manifest["names"]), every)
-        copies = 2 if self.manifest.get("night_proxy") else 1
-        keep = [i for i in range(len(self.arrays)) if i // copies not in held_out]
-        return CacheSet(self.manifest, [self.arrays[i] for i in keep])
+        keep = [item for item, out in zip(self.arrays, self._held_out(every), strict=True) if not out]
+        return CacheSet(self.manifest, keep)
+
+    def validation_entries(self, every: int) -> list[tuple[str, dict[str, np.ndarray]]]:
+        """(condition "day" | "night", arrays) of every validation entry, in cache order."""
+        names = cache_entry_names(self.manifest)
+        return [
+            ("night" if name.endswith(NIGHT_SUFFIX) else "day", item)
+            for name, item, out in zip(names, self.arrays, self._held_out(every), strict=True)
+            if out
+        ]
 
 
 def cache_entry_names(manifest: dict) -> list[str]:

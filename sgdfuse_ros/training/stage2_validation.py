@@ -23,8 +23,8 @@ from ..evaluation.targets import mean_over, picture_checks, stage2_rule
 from ..imaging import split_luma_chroma
 from ..metrics import evaluate, to_gray
 from ..models.stage2 import DiffusionRefiner, load_refiner
-from .stage2_cache import NIGHT_SUFFIX, CacheSet, cache_entry_names
-from .validation import VALIDATION_EVERY, validation_indices
+from .stage2_cache import CacheSet
+from .validation import VALIDATION_EVERY
 
 __all__ = ["add_stage2_validate_arguments", "validate_refiner"]
 
@@ -42,14 +42,8 @@ def validate_refiner(refiner: DiffusionRefiner, cache: CacheSet, every: int = VA
     Returns {"day"|"night": {"pairs", "f1", "refined" (mean metrics), "stage2_rule" (text), "passed" (bool),
     "change" (relative, per metric), "pictures_passed" ({"f1", "refined"}: pairs passing all three checks)}}.
     """
-    names = cache_entry_names(cache.manifest)
-    held_out = validation_indices(len(cache.manifest["names"]), every)
-    copies = 2 if cache.manifest.get("night_proxy") else 1
     rows: dict[str, dict[str, list]] = {}
-    for index, (name, item) in enumerate(zip(names, cache.arrays, strict=True)):
-        if index // copies not in held_out:
-            continue
-        condition = "night" if name.endswith(NIGHT_SUFFIX) else "day"
+    for condition, item in cache.validation_entries(every):
         ir = torch.from_numpy(item["ir"]).float().div(255.0)[None, None]
         vis = torch.from_numpy(item["vis"]).float().div(255.0).permute(2, 0, 1)[None].contiguous()
         f1 = torch.from_numpy(item["f1"].astype(np.float32)).permute(2, 0, 1)[None].contiguous()
