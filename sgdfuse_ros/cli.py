@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--timings", help="write per-pair stage timings (ms) to this JSON file")
     fuse.set_defaults(handler=_fuse_command)
     _add_bag_commands(commands)
-    from .evaluation.run import add_arguments as add_evaluate_arguments  # no torch import at parser build time
+    from .evaluation.command import add_arguments as add_evaluate_arguments  # no torch import at parser build time
 
     evaluate = commands.add_parser("evaluate", help="metrics of a dataset folder vs baselines, peers, ablations")
     add_evaluate_arguments(evaluate)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from .evaluation.run import evaluate_command  # torch and the pipeline only when evaluating
+    from .evaluation.command import evaluate_command  # torch and the pipeline only when evaluating
 
     return evaluate_command(args, _config_from_args(args))
 

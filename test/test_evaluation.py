@@ -19,14 +19,13 @@ from sgdfuse_ros.cli import find_pairs, main
 from sgdfuse_ros.config import FuseConfig
 from sgdfuse_ros.evaluation import baselines
 from sgdfuse_ros.evaluation import report as report_module
+from sgdfuse_ros.evaluation.ablation import build_ablation_variants, morph_mask
 from sgdfuse_ros.evaluation.run import (
     OURS,
     OURS_F1,
     at_least,
-    build_ablation_variants,
     choose_sheet_stems,
     find_peers,
-    morph_mask,
     run_evaluation,
     select_pairs,
 )

@@ -1,7 +1,7 @@
-"""`sgdfuse evaluate`: fuse a dataset folder and compare with classical baselines, published outputs and ablations.
+"""The run behind `sgdfuse evaluate`: fuse a dataset folder, compare with baselines, published outputs, ablations.
 
-    sgdfuse evaluate --data DIR [--peers DIR/peers/<dataset>] [--limit N | --stems A,B] [--out out/eval/<name>]
-                     [--config FILE] [--set key=value ...] [--ablations] [--no-hfah-weights FILE]
+This module holds pair and peer selection, the comparisons, ``run_evaluation`` and the summary it writes to
+``results.json``. The command line is in ``command``, the ablation variants in ``ablation``.
 
 For every pair ``DIR/ir/<stem>.*`` + ``DIR/vi/<stem>.*`` the pipeline runs once; that one call gives our final
 output and Stage I's F1 (and the masks). Every metric of ``sgdfuse_ros.metrics`` is computed for
@@ -23,7 +23,6 @@ RGB outputs are converted exactly as if written to PNG and read back. Outputs go
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -39,28 +38,20 @@ import numpy as np
 
 from ..files import IMAGE_SUFFIXES
 from ..metrics import METRIC_NAMES, evaluate, to_gray
+from .ablation import DEFAULT_MORPH_RADII, AblationVariant, CapturingRefiner, build_ablation_variants, replay_stage2
 from .baselines import BASELINES, maximum_with_visible_chroma
 from .targets import TIE_TOLERANCE, at_least, quality_rule, stage2_rule
 
 if TYPE_CHECKING:  # torch and the pipeline are imported only when fusing (the CLI stays fast to start)
-    import torch
-
-    from ..config import FuseConfig
-    from ..pipeline import FusionPipeline, Refiner
+    from ..pipeline import FusionPipeline
 
 __all__ = [
     "OURS",
     "OURS_F1",
     "TIE_TOLERANCE",
-    "AblationVariant",
-    "MaskTransformRefiner",
-    "add_arguments",
     "at_least",
-    "build_ablation_variants",
     "choose_sheet_stems",
-    "evaluate_command",
     "find_peers",
-    "morph_mask",
     "run_evaluation",
     "select_pairs",
 ]
@@ -68,7 +59,6 @@ __all__ = [
 #: Method keys of our two outputs in results.json.
 OURS = "ours"
 OURS_F1 = "ours_f1"
-DEFAULT_MORPH_RADII = (3, 7)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,224 +156,6 @@ def compare(ours: dict[str, float], other: dict[str, float]) -> dict[str, Any]:
 def mean_metrics(per_image: dict[str, dict[str, float]], stems: Sequence[str]) -> dict[str, float]:
     """Mean of each metric over ``stems`` (NaN when a value is NaN: the tables then show it)."""
     return {m: float(np.mean([per_image[s][m] for s in stems])) for m in METRIC_NAMES}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Mask perturbations and Stage II variants
-# ----------------------------------------------------------------------------------------------------------
-
-
-def morph_mask(mask: np.ndarray, op: str, radius: int) -> np.ndarray:
-    """Grey-level erosion or dilation of a soft mask by ``radius`` pixels (elliptical element 2r+1 wide).
-
-    Args:
-        mask: float32 ``(H, W)`` in [0, 1].
-        op: ``"erode"`` (local minimum: salient regions shrink by ``radius`` px) or ``"dilate"`` (grow).
-        radius: pixels, >= 0 (0 returns a copy).
-    Returns:
-        float32 ``(H, W)`` in [0, 1].
-    """
-    if op not in ("erode", "dilate"):
-        raise ValueError(f"op must be 'erode' or 'dilate', got {op!r}")
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    m = np.ascontiguousarray(mask, dtype=np.float32)
-    if radius == 0:
-        return m.copy()
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    fn = cv2.erode if op == "erode" else cv2.dilate
-    # Replicated border: the frame edge is not a mask edge (the default border would leave it untouched anyway).
-    return fn(m, kernel, borderType=cv2.BORDER_REPLICATE)
-
-
-def _morph_tensor(mask: torch.Tensor, op: str, radius: int) -> torch.Tensor:
-    """[N,1,H,W] tensor on any device -> same, each mask morphed with :func:`morph_mask` (on the CPU)."""
-    import torch
-
-    arrays = mask.detach().float().cpu().numpy()
-    out = np.stack([morph_mask(a[0], op, radius)[None] for a in arrays])
-    return torch.from_numpy(out).to(device=mask.device, dtype=mask.dtype)
-
-
-def _zero(mask: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.zeros_like(mask)
-
-
-class MaskTransformRefiner:
-    """A Stage II refiner whose masks are transformed before they reach it (ablations: zeroed, eroded, dilated).
-
-    Works with any ``pipeline.Refiner``: ``refine(F1, M_ir, M_vis, IR, Y_vis) = inner.refine(F1, f(M_ir), f(M_vis),
-    IR, Y_vis)``.
-    Zeroed masks give the same condition as ``DiffusionRefiner(..., use_masks=False)``.
-    """
-
-    def __init__(self, inner: Refiner, transform: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
-        self.inner = inner
-        self.transform = transform
-        self.name = f"{inner.name}+{label}"
-
-    def refine(
-        self,
-        preliminary: torch.Tensor,
-        mask_ir: torch.Tensor,
-        mask_vis: torch.Tensor,
-        thermal: torch.Tensor | None = None,
-        visible_y: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """As ``pipeline.Refiner.refine`` (all [N,C,H,W] in [0, 1]), with the masks transformed."""
-        return self.inner.refine(preliminary, self.transform(mask_ir), self.transform(mask_vis), thermal, visible_y)
-
-    def to(self, device: Any) -> MaskTransformRefiner:
-        if hasattr(self.inner, "to"):
-            self.inner.to(device)
-        return self
-
-
-class _CapturingRefiner:
-    """Delegates to the pipeline's refiner and keeps its inputs (F1, masks, sources) for the ablation re-runs."""
-
-    def __init__(self, inner: Refiner) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.captured: tuple[torch.Tensor | None, ...] | None = None
-
-    def refine(
-        self,
-        preliminary: torch.Tensor,
-        mask_ir: torch.Tensor,
-        mask_vis: torch.Tensor,
-        thermal: torch.Tensor | None = None,
-        visible_y: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        self.captured = (preliminary, mask_ir, mask_vis, thermal, visible_y)
-        return self.inner.refine(preliminary, mask_ir, mask_vis, thermal, visible_y)
-
-    def to(self, device: Any) -> _CapturingRefiner:
-        if hasattr(self.inner, "to"):
-            self.inner.to(device)
-        return self
-
-
-@dataclass
-class AblationVariant:
-    """One ablation row. ``refiner`` None with an empty ``unavailable`` means "Stage I only" (F1)."""
-
-    key: str
-    label: str
-    description: str
-    refiner: Any = None
-    unavailable: str = ""
-
-    @property
-    def needs_stage2(self) -> bool:
-        return self.key != "stage1_only"
-
-
-def _default_no_hfah_weights() -> Path | None:
-    """A shipped Stage II checkpoint trained without HFAH, if any (``weights/stage2*no*hfah*.pt``)."""
-    weights = Path(__file__).resolve().parent.parent / "weights"
-    found = sorted(weights.glob("stage2*no*hfah*.pt")) if weights.is_dir() else []
-    return found[0] if found else None
-
-
-def build_ablation_variants(
-    pipeline: FusionPipeline,
-    radii: Sequence[int] = DEFAULT_MORPH_RADII,
-    no_hfah_weights: str | Path | None = None,
-    sampler_steps: Sequence[int] = (),
-    sampler_strengths: Sequence[float] = (),
-) -> list[AblationVariant]:
-    """The ablation rows for ``pipeline`` (its refiner is the full model); unavailable rows carry the reason.
-
-    Without a Stage II refiner every row but "Stage I only" is unavailable. The no-HFAH row loads
-    ``no_hfah_weights`` (default: a shipped ``weights/stage2*no*hfah*.pt``) with the full refiner's sampler
-    settings (steps, strength, seed); it is "not trained" when no such checkpoint exists. ``sampler_steps`` and
-    ``sampler_strengths`` add rows with the same network sampled with another number of DDIM steps or another
-    start strength (the other settings as configured).
-    """
-    base = pipeline.refiner
-    variants = [
-        AblationVariant("full", "full (Stage I + Stage II, masks)", "the configured pipeline", refiner=base),
-        AblationVariant("stage1_only", "Stage I only (F1)", "no diffusion refinement: F1 is the output"),
-        AblationVariant(
-            "no_masks",
-            "Stage II, masks zeroed",
-            "M_ir = M_vis = 0 in the Stage II condition (no semantic prior)",
-            refiner=MaskTransformRefiner(base, _zero, "zero-masks") if base is not None else None,
-        ),
-    ]
-    hfah = AblationVariant("no_hfah", "Stage II without HFAH", "plain head on the finest decoder level")
-    variants.append(hfah)
-    for op in ("erode", "dilate"):
-        for r in radii:
-            variants.append(
-                AblationVariant(
-                    f"{op}_{r}",
-                    f"masks {'eroded' if op == 'erode' else 'dilated'} {r} px",
-                    f"prior's masks {op}d (grey-level, elliptical element {2 * r + 1} px) before Stage II",
-                    refiner=(
-                        MaskTransformRefiner(base, lambda m, op=op, r=r: _morph_tensor(m, op, r), f"{op}{r}")
-                        if base is not None
-                        else None
-                    ),
-                )
-            )
-    if base is None:
-        for v in variants:
-            if v.needs_stage2:
-                v.unavailable = "unavailable: no Stage II refiner configured"
-        return variants
-
-    path = Path(no_hfah_weights) if no_hfah_weights else _default_no_hfah_weights()
-    if path is None:
-        hfah.unavailable = "not trained (no Stage II weights without HFAH)"
-    elif not path.is_file():
-        hfah.unavailable = f"not available: {path} does not exist"
-    else:
-        from ..models.stage2 import DiffusionRefiner, load_stage2
-
-        model, schedule = load_stage2(path, pipeline.device)
-        if model.config.use_hfah:
-            hfah.unavailable = f"not available: {path.name} was trained with HFAH"
-        elif not isinstance(base, DiffusionRefiner):
-            hfah.unavailable = f"not available: the configured refiner is not a DiffusionRefiner ({base.name})"
-        else:
-            hfah.refiner = DiffusionRefiner(
-                model, schedule, steps=base.steps, strength=base.strength, seed=base.seed, use_masks=base.use_masks
-            )
-            hfah.description += f" ({path.name})"
-    for steps, strength in [(n, None) for n in sampler_steps] + [(None, x) for x in sampler_strengths]:
-        key = f"steps_{steps}" if steps is not None else f"strength_{strength:g}"
-        label = f"{steps} DDIM step(s)" if steps is not None else f"strength {strength:g}"
-        variant = AblationVariant(key, label, "the full model sampled differently")
-        if not hasattr(base, "model") or not hasattr(base, "schedule"):
-            variant.unavailable = f"not available: the configured refiner is not a DiffusionRefiner ({base.name})"
-        else:
-            from ..models.stage2 import DiffusionRefiner
-
-            variant.refiner = DiffusionRefiner(
-                base.model,
-                base.schedule,
-                steps=steps if steps is not None else base.steps,
-                strength=strength if strength is not None else base.strength,
-                seed=base.seed,
-                use_masks=base.use_masks,
-            )
-        variants.append(variant)
-    return variants
-
-
-def _replay(pipeline: FusionPipeline, refiner: Refiner, captured: tuple) -> np.ndarray:
-    """Run ``refiner`` on captured (F1, M_ir, M_vis, IR, Y_vis) as the pipeline runs its Stage II -> uint8 RGB."""
-    import torch
-
-    from ..pipeline import _to_uint8  # the pipeline's own rounding, so rows differ by the variant only
-
-    with torch.inference_mode(), pipeline._autocast():
-        out = refiner.refine(*captured).float()
-    return _to_uint8(out)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -490,7 +262,7 @@ def run_evaluation(
     )
     ablation_rows = {v.key: _Method(v.key, v.label, "ablation") for v in variants}
     runnable = [v for v in variants if v.refiner is not None and not v.unavailable and v.key != "full"]
-    capture = _CapturingRefiner(pipeline.refiner) if (has_stage2 and runnable) else None
+    capture = CapturingRefiner(pipeline.refiner) if (has_stage2 and runnable) else None
 
     from ..files import read_thermal, read_visible
 
@@ -553,7 +325,7 @@ def run_evaluation(
                     t_v = time.perf_counter()
                     if capture is None or capture.captured is None:
                         raise RuntimeError("Stage II did not run in the pipeline: nothing to re-run the ablation on")
-                    fused_v = _replay(pipeline, variant.refiner, capture.captured)
+                    fused_v = replay_stage2(pipeline, variant.refiner, capture.captured)
                     timing[f"ablation:{variant.key}"] = (time.perf_counter() - t_v) * 1000.0
                     ablation_rows[variant.key].per_image[stem] = evaluate(_gray_of_rgb(fused_v), ir_gray, vi_gray)
                     ablation_images[variant.key] = fused_v
@@ -742,120 +514,3 @@ def _sanitise(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``sgdfuse evaluate`` (``--config``, ``--set`` and ``--device`` as ``sgdfuse fuse``)."""
-    parser.add_argument("--data", required=True, help="dataset folder with ir/ and vi/ (pairs matched by file stem)")
-    parser.add_argument("--peers", help="folder of published outputs, <peers>/<Method>/<stem>.png (by stem)")
-    parser.add_argument(
-        "--ir-dir", default="ir", help="sub-folder of --data with the thermal-role images (medical: mri)"
-    )
-    parser.add_argument(
-        "--vis-dir", default="vi", help="sub-folder of --data with the colour-role images (medical: pet, spect)"
-    )
-    parser.add_argument("--limit", type=int, help="evaluate N pairs, evenly spaced over the sorted names")
-    parser.add_argument(
-        "--stems", action="append", metavar="A,B,...", help="evaluate only these pair names (comma-separated)"
-    )
-    parser.add_argument("--out", help="report folder (default out/eval/<data folder name>)")
-    parser.add_argument("--config", help="ROS parameter file, e.g. config/fuse.yaml (defaults otherwise)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter, e.g. prior.kind=sam")
-    parser.add_argument("--device", help="shortcut for --set compute.device=...")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
-    parser.add_argument("--ablations", action="store_true", help="also run the ablation variants (Stage II re-runs)")
-    parser.add_argument(
-        "--morph-radii",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_MORPH_RADII),
-        help="mask erosion/dilation radii in pixels for the ablations (default 3 7)",
-    )
-    parser.add_argument(
-        "--no-hfah-weights", help="Stage II checkpoint trained without HFAH (default: weights/stage2*no*hfah*.pt)"
-    )
-    parser.add_argument(
-        "--ablation-steps", type=int, nargs="*", default=[], help="also sample Stage II with these DDIM step counts"
-    )
-    parser.add_argument(
-        "--ablation-strengths", type=float, nargs="*", default=[], help="also sample Stage II from these strengths"
-    )
-    parser.add_argument("--sheet-rows", type=int, default=4, help="pairs shown in the contact sheet (default 4)")
-    parser.add_argument("--sheet-tile", type=int, default=240, help="contact-sheet tile width in pixels (default 240)")
-    parser.add_argument(
-        "--sheet-peers", metavar="A,B,...", help="peers shown in the contact sheet (default: all; metrics cover all)"
-    )
-    parser.add_argument("--no-images", action="store_true", help="do not write the fused images under <out>/images")
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    """The ``sgdfuse evaluate`` call that reproduces ``args`` (for the report)."""
-    parts = ["sgdfuse", "evaluate", "--data", str(args.data)]
-    if (args.ir_dir, args.vis_dir) != ("ir", "vi"):
-        parts += ["--ir-dir", args.ir_dir, "--vis-dir", args.vis_dir]
-    for flag, value in (("--peers", args.peers), ("--limit", args.limit), ("--out", args.out)):
-        if value is not None:
-            parts += [flag, str(value)]
-    parts += [f"--stems {s}" for s in args.stems or []]
-    if args.config:
-        parts += ["--config", args.config]
-    parts += [f"--set {s}" for s in args.set or []]
-    if args.device:
-        parts += ["--device", args.device]
-    if args.sheet_rows != 4:
-        parts += ["--sheet-rows", str(args.sheet_rows)]
-    if args.sheet_tile != 240:
-        parts += ["--sheet-tile", str(args.sheet_tile)]
-    if args.sheet_peers:
-        parts += ["--sheet-peers", args.sheet_peers]
-    if args.ablations:
-        parts.append("--ablations")
-        if list(args.morph_radii) != list(DEFAULT_MORPH_RADII):
-            parts += ["--morph-radii", *map(str, args.morph_radii)]
-        if args.no_hfah_weights:
-            parts += ["--no-hfah-weights", args.no_hfah_weights]
-        if args.ablation_steps:
-            parts += ["--ablation-steps", *map(str, args.ablation_steps)]
-        if args.ablation_strengths:
-            parts += ["--ablation-strengths", *(f"{x:g}" for x in args.ablation_strengths)]
-    return " ".join(parts)
-
-
-def evaluate_command(args: argparse.Namespace, config: FuseConfig) -> int:
-    """Run ``sgdfuse evaluate`` with a parsed namespace and its FuseConfig; returns the exit status."""
-    import torch
-
-    from ..files import find_pairs
-    from ..pipeline import FusionPipeline
-
-    stems = [s.strip() for item in (args.stems or []) for s in item.split(",") if s.strip()]
-    pairs = select_pairs(find_pairs(args.data, args.ir_dir, args.vis_dir), stems or None, args.limit)
-    if not pairs:
-        raise ValueError(f"no pairs found in {args.data} (expected ir/<name>.* and vi/<name>.* files)")
-    out = Path(args.out) if args.out else Path("out") / "eval" / Path(args.data).resolve().name
-    pipeline = FusionPipeline.from_config(config)
-    if args.threads and args.threads > 0:
-        torch.set_num_threads(args.threads)
-    run_evaluation(
-        pairs,
-        pipeline,
-        out,
-        peers_dir=args.peers,
-        ablations=args.ablations,
-        morph_radii=args.morph_radii,
-        no_hfah_weights=args.no_hfah_weights,
-        sampler_steps=args.ablation_steps,
-        sampler_strengths=args.ablation_strengths,
-        sheet_rows=args.sheet_rows,
-        sheet_tile=args.sheet_tile,
-        sheet_peers=[p.strip() for p in args.sheet_peers.split(",")] if args.sheet_peers else None,
-        save_images=not args.no_images,
-        dataset=str(args.data),
-        command=_command_line(args),
-    )
-    return 0
