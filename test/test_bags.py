@@ -513,12 +513,13 @@ def test_typestore_uses_the_packaged_message_definitions_without_msg_folder(monk
     # `pip install .` has no share/sgdfuse_ros/msg and no checkout: the bag tools fall back to package data.
     import sgdfuse_ros.resources as resources
     from sgdfuse_ros import bags
+    from sgdfuse_ros.bags import bag_io
 
     def missing(relative: str):
         raise FileNotFoundError(relative)
 
     monkeypatch.setattr(resources, "find_resource", missing)
-    assert bags._msg_dir().name == "message_definitions"
+    assert bag_io._msg_dir().name == "message_definitions"
     bags.typestore.cache_clear()
     try:
         assert "sgdfuse_ros/msg/FusionStats" in bags.typestore("humble").types

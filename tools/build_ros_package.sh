@@ -25,6 +25,18 @@ cmake --build "$build_dir" -j2 >>"$build_dir.log" 2>&1 || { tail -50 "$build_dir
 cmake --install "$build_dir" >>"$build_dir.log" 2>&1 || { tail -50 "$build_dir.log"; exit 1; }
 echo "installed sgdfuse_ros into $VIRTUAL_ENV (log: $build_dir.log)"
 
+# cmake --install never deletes: a top-level module that became a package (bags.py -> bags/) or was
+# removed would stay installed from an earlier build. Drop installed top-level modules with no source.
+site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+for installed in "$site"/sgdfuse_ros/*.py; do
+  [ -L "$installed" ] && continue
+  name=$(basename "$installed")
+  if [ -e "$installed" ] && [ ! -e "$here/sgdfuse_ros/$name" ]; then
+    rm -f "$installed" "$site/sgdfuse_ros/__pycache__/${name%.py}".*.pyc
+    echo "removed stale $installed (not in the source tree)"
+  fi
+done
+
 # Entry points on the venv's PATH that work without activating it (the README prints .venv/bin/sgdfuse).
 # The installed lib/sgdfuse_ros/* keep '#!/usr/bin/env python3', which robots need; these wrappers pin
 # this venv's interpreter instead.

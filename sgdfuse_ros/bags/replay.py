@@ -1,0 +1,264 @@
+"""``sgdfuse bag eval``: replay a bag through the fusion pipeline offline (:func:`evaluate_bag`).
+
+Pairs with :class:`~sgdfuse_ros.sync.ApproximateSync`, fuses with
+:class:`~sgdfuse_ros.pipeline.FusionPipeline`, writes an output bag (fused image, masks,
+``sgdfuse_ros/msg/FusionStats``) and a report folder (built by :mod:`sgdfuse_ros.bags.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..sync import ApproximateSync, PairAccounting, stamp_ns
+from .bag_io import (
+    DEFAULT_RGB_TOPIC,
+    DEFAULT_THERMAL_TOPIC,
+    FUSION_STATS,
+    OUTPUT_TOPICS,
+    BagMessage,
+    BagWriter,
+    deserialize,
+    image_message,
+    image_topics,
+    iter_raw,
+    open_bag,
+    resolve_format,
+    staged_output,
+    typestore,
+)
+from .report import OutputFormat, ReplayInput, ReplayTally, _build_report, _plot, _Samples, render_report_md
+
+if TYPE_CHECKING:  # heavy imports (torch) only where a pipeline is built
+    from ..config import FuseConfig
+    from ..pipeline import FusionPipeline, FusionResult
+
+
+@dataclass
+class _Pending:
+    """A decoded-later image message waiting in the synchroniser."""
+
+    message: BagMessage
+    msg: Any
+    stamp: int
+
+
+def metric_sources(
+    thermal: np.ndarray, thermal_encoding: str, rgb: np.ndarray, rgb_encoding: str, config: FuseConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source images for sgdfuse_ros.metrics, on the fused grid: (thermal uint8 [H, W], visible BGR uint8 [H, W, 3]).
+
+    Thermal uses the *fixed* configured range (stateless, so metrics do not depend on the order of
+    frames) and the configured registration, exactly like the pipeline's preprocessing.
+    """
+    from dataclasses import replace
+
+    from ..imaging import ThermalScaler, register_thermal, rgb_to_float
+
+    visible = rgb_to_float(rgb, rgb_encoding)
+    scaled = ThermalScaler(replace(config.thermal, scaling="fixed")).scale(thermal, thermal_encoding)
+    registered = register_thermal(scaled, visible.shape[:2], config.registration)
+    ir = np.clip(np.rint(registered * 255.0), 0, 255).astype(np.uint8)
+    vis = np.clip(np.rint(visible[:, :, ::-1] * 255.0), 0, 255).astype(np.uint8)
+    return ir, np.ascontiguousarray(vis)
+
+
+def _stats_message(
+    store: Any,
+    header: Any,
+    pipeline: FusionPipeline,
+    result: FusionResult | None,
+    latency_ms: float,
+    stamp_difference_ms: float,
+    counters: PairAccounting,
+    fused: int,
+    dropped: dict[str, int],
+) -> Any:
+    StageTiming = store.types["sgdfuse_ros/msg/StageTiming"]
+    timings = [StageTiming(stage=k, milliseconds=float(v)) for k, v in (result.timings_ms.items() if result else ())]
+    reasons = sorted(dropped)
+    return store.types[FUSION_STATS](
+        header=header,
+        prior=str(pipeline.prior_name),
+        device=str(pipeline.device),
+        timings=timings,
+        latency_ms=float(latency_ms),
+        stamp_difference_ms=float(stamp_difference_ms),
+        received_thermal=counters.received[0],
+        received_rgb=counters.received[1],
+        paired=counters.paired,
+        unpaired_thermal=counters.unpaired[0],
+        unpaired_rgb=counters.unpaired[1],
+        fused=fused,
+        dropped=sum(dropped.values()),
+        dropped_reasons=reasons,
+        dropped_counts=np.array([dropped[r] for r in reasons], dtype=np.uint64),
+    )
+
+
+def evaluate_bag(
+    bag_path: str | Path,
+    out: str | Path,
+    config: FuseConfig,
+    *,
+    thermal_topic: str = DEFAULT_THERMAL_TOPIC,
+    rgb_topic: str = DEFAULT_RGB_TOPIC,
+    distro: str = "kilted",
+    storage: str | None = None,
+    version: int | None = None,
+    metrics: bool = True,
+    sample_frames: int = 6,
+    overwrite: bool = False,
+    pipeline: FusionPipeline | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Replay a bag through the node's fusion path offline; write ``out/bag`` and ``out/report/``.
+
+    Messages of the two topics go, in log-time order, through :class:`ApproximateSync` configured
+    with ``node.sync_queue_size`` / ``node.sync_slop``; every pair is decoded and fused with
+    :meth:`FusionPipeline.fuse` (the node's code path, no ROS runtime), unlike the live node never
+    dropping a pair for being busy. The output bag holds /fused/image (rgb8), /fused/mask/ir,
+    /fused/mask/vis (mono8), all with the RGB header, and /fused/stats (sgdfuse_ros/msg/FusionStats),
+    logged at the log time of the message that completed the pair. The report folder holds
+    report.json, report.md, contact_sheet.png, metrics.png and latency.png.
+
+    ``out`` appears only when everything succeeded (BagError otherwise, saying nothing was written).
+    Returns the report dict.
+    """
+    from .. import metrics as fusion_metrics
+    from ..imaging import InvalidImageError
+
+    say = progress or (lambda text: None)
+    store = typestore(distro)
+    storage, version = resolve_format(distro, storage, version)
+    bag_path = Path(bag_path)
+    slop, queue_size = config.node.sync_slop, config.node.sync_queue_size
+    with open_bag(bag_path) as bag, staged_output(out, overwrite=overwrite) as staging:
+        types = image_topics(bag, thermal_topic, rgb_topic)
+        counts = {c.topic: int(c.msgcount) for c in bag.reader.connections}
+        expected_pairs = min(counts.get(thermal_topic, 0), counts.get(rgb_topic, 0))
+        if pipeline is None:
+            from ..pipeline import FusionPipeline
+
+            pipeline = FusionPipeline.from_config(config)
+        say(f"prior: {pipeline.prior_name}; device: {pipeline.device}")
+        staging.mkdir()
+        report_dir = staging / "report"
+        report_dir.mkdir()
+        writer = BagWriter(staging / "bag", storage, version, distro)
+        sync = ApproximateSync(queue_size, slop)
+        counters = PairAccounting(slop, queue_size)
+        from ..messages import rgb_to_array, thermal_to_array
+        samples = _Samples(expected_pairs, sample_frames)
+        metrics_s = 0.0
+        frames: list[dict] = []
+        dropped: dict[str, int] = {}
+        fused_count = 0
+        first_log = last_log = None
+        started = time.perf_counter()
+        try:
+            for message in iter_raw(bag, (thermal_topic, rgb_topic)):
+                first_log = message.log_time if first_log is None else first_log
+                last_log = message.log_time
+                msg = deserialize(bag, message, store)
+                index = 0 if message.topic == thermal_topic else 1
+                stamp = stamp_ns(msg.header)
+                counters.on_message(index, stamp)
+                pair = sync.add(index, stamp, _Pending(message, msg, stamp))
+                if pair is None:
+                    continue
+                received = time.perf_counter()
+                thermal_item, rgb_item = pair
+                counters.on_pair(thermal_item.stamp, rgb_item.stamp)
+                try:
+                    thermal, thermal_encoding = thermal_to_array(thermal_item.msg)
+                    rgb, rgb_encoding = rgb_to_array(rgb_item.msg)
+                    result = pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
+                except InvalidImageError as error:
+                    dropped[error.reason] = dropped.get(error.reason, 0) + 1
+                    say(f"dropped pair at RGB stamp {rgb_item.stamp}: {error}")
+                    continue
+                header = rgb_item.msg.header
+                log_time = message.log_time
+                for key, image, encoding in (
+                    ("fused", result.fused, "rgb8"),
+                    ("mask_ir", result.mask_ir, "mono8"),
+                    ("mask_vis", result.mask_vis, "mono8"),
+                ):
+                    out_msg = image_message(store, image, encoding, rgb_item.stamp, header.frame_id)
+                    writer.write(OUTPUT_TOPICS[key], out_msg, log_time)
+                latency_ms = (time.perf_counter() - received) * 1000.0
+                fused_count += 1
+                difference_ms = (thermal_item.stamp - rgb_item.stamp) / 1e6
+                stats = _stats_message(
+                    store, header, pipeline, result, latency_ms, difference_ms, counters, fused_count, dropped
+                )
+                writer.write(OUTPUT_TOPICS["stats"], stats, log_time)
+                record: dict[str, Any] = {
+                    "index": fused_count - 1,
+                    "stamp_ns": rgb_item.stamp,
+                    "thermal_stamp_ns": thermal_item.stamp,
+                    "stamp_difference_ms": difference_ms,
+                    "log_time_ns": log_time,
+                    "latency_ms": latency_ms,
+                    "timings_ms": dict(result.timings_ms),
+                    "width": int(result.fused.shape[1]),
+                    "height": int(result.fused.shape[0]),
+                }
+                metrics_started = time.perf_counter()
+                if metrics or (fused_count - 1) in samples.indices:
+                    ir_src, vis_src = metric_sources(thermal, thermal_encoding, rgb, rgb_encoding, config)
+                    if metrics:
+                        values = fusion_metrics.evaluate(
+                            np.ascontiguousarray(result.fused[:, :, ::-1]), ir_src, vis_src
+                        )
+                        record["metrics"] = {k: float(v) for k, v in values.items()}
+                    samples.offer(
+                        fused_count - 1,
+                        f"#{fused_count - 1} t={rgb_item.stamp / 1e9:.3f}",
+                        (ir_src, vis_src[:, :, ::-1], result.fused, result.mask_ir, result.mask_vis),
+                    )
+                metrics_s += time.perf_counter() - metrics_started
+                frames.append(record)
+                if fused_count % 10 == 0:
+                    say(f"{fused_count} frames fused")
+            sync.finish()
+        finally:
+            writer.close()
+        wall = time.perf_counter() - started
+        report = _build_report(
+            ReplayInput(
+                bag_path=bag_path,
+                types=types,
+                thermal_topic=thermal_topic,
+                rgb_topic=rgb_topic,
+                first_log=first_log,
+                last_log=last_log,
+            ),
+            OutputFormat(storage=storage, version=version, distro=distro),
+            ReplayTally(
+                sync=sync,
+                counters=counters,
+                dropped=dropped,
+                fused=fused_count,
+                frames=frames,
+                wall=wall,
+                metrics_s=metrics_s,
+            ),
+            config,
+            pipeline,
+            metrics=metrics,
+        )
+        report["pipeline"]["decoder"] = "sgdfuse_ros.messages"
+        if samples.write(report_dir / "contact_sheet.png"):
+            report["files"].append("report/contact_sheet.png")
+        report["files"] += [f"report/{name}" for name in _plot(report, report_dir)]
+        (report_dir / "report.json").write_text(json.dumps(report, indent=2))
+        (report_dir / "report.md").write_text(render_report_md(report))
+    return report
