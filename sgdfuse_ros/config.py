@@ -211,6 +211,18 @@ class DeviceConfig:
     torch_threads: int = _param(
         0, "torch.set_num_threads for CPU inference; 0 keeps torch's default.", minimum=0, maximum=256
     )
+    oom_cpu_fallback: bool = _param(
+        False,
+        "After 3 CUDA out-of-memory errors in a row move the networks to the CPU (with compute.torch_threads) "
+        "instead of retrying on the GPU after a back-off.",
+    )
+    cuda_error_exit_after: int = _param(
+        3,
+        "Exit with status 3 after this many consecutive frames failed with a 'CUDA error' (a sticky device "
+        "fault); 0 keeps serving and dropping frames.",
+        minimum=0,
+        maximum=1000,
+    )
 
 
 @dataclass
@@ -243,6 +255,33 @@ class NodeConfig:
         maximum=10.0,
     )
     diagnostics_period: float = _param(1.0, "Seconds between /diagnostics updates.", minimum=0.05, maximum=60.0)
+    expected_rate: float = _param(
+        0.0,
+        "Expected pair and fused rate (Hz) for the diagnostics' frequency check (WARN below expected x "
+        "(1 - rate_tolerance)); 0 reports the rates without judging them.",
+        minimum=0.0,
+        maximum=1000.0,
+    )
+    rate_tolerance: float = _param(
+        0.1, "Fraction by which the rates may fall below node.expected_rate.", minimum=0.0, maximum=1.0
+    )
+    stale_after: float = _param(
+        3.0,
+        "Seconds without a message on a camera after which the diagnostics report it: ERROR naming the silent "
+        "camera while the other one delivers, STALE when both are silent.",
+        minimum=0.1,
+        maximum=3600.0,
+    )
+    drop_warn_fraction: float = _param(
+        0.05,
+        "Diagnostics WARN when pairs dropped for reasons other than 'superseded' exceed this fraction of the "
+        "period's pairs (0: any such drop).",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    hardware_id: str = _param(
+        "", "hardware_id of the diagnostics status; empty uses the compute device (e.g. 'cpu', 'cuda:0')."
+    )
     log_throttle: float = _param(
         5.0,
         "Seconds between repeated log lines for the same rejection reason.",

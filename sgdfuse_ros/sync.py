@@ -41,7 +41,10 @@ class PairAccounting:
     3. another message of its topic arrives with the same stamp (the synchronizer's queue is keyed
        by stamp, so the newer one replaces it).
 
-    Stamps going backwards on one topic can make a message counted as unpaired pair later; the
+    4. the pairing is reset after a backwards time jump (:meth:`on_time_jump`): every pending message
+       of both topics is unpaired.
+
+    Stamps going backwards within the slop can make a message counted as unpaired pair later; the
     counters stay as they are then (documented limitation). Messages still pending are not counted.
     """
 
@@ -54,6 +57,7 @@ class PairAccounting:
         self.unpaired = [0, 0]
         self.paired = 0
         self.fused = 0
+        self.time_jumps = 0
         self.dropped: Counter[str] = Counter()
 
     def on_message(self, topic: int, stamp_ns: int) -> None:
@@ -80,6 +84,14 @@ class PairAccounting:
             self._pending[THERMAL].pop(thermal_ns, None)
             self._pending[RGB].pop(rgb_ns, None)
 
+    def on_time_jump(self) -> None:
+        """The pairing was reset after a backwards time jump: whatever was pending can never pair."""
+        with self._lock:
+            self.time_jumps += 1
+            for topic in (THERMAL, RGB):
+                self.unpaired[topic] += len(self._pending[topic])
+                self._pending[topic].clear()
+
     def on_fused(self) -> None:
         with self._lock:
             self.fused += 1
@@ -94,7 +106,7 @@ class PairAccounting:
             return len(self._pending[THERMAL]), len(self._pending[RGB])
 
     def snapshot(self) -> dict[str, Any]:
-        """Cumulative counters: received/unpaired per topic, paired, fused, dropped (total and by reason)."""
+        """Cumulative counters: received/unpaired per topic, paired, fused, time jumps, dropped (total, by reason)."""
         with self._lock:
             return {
                 "received_thermal": self.received[THERMAL],
@@ -103,6 +115,7 @@ class PairAccounting:
                 "unpaired_thermal": self.unpaired[THERMAL],
                 "unpaired_rgb": self.unpaired[RGB],
                 "fused": self.fused,
+                "time_jumps": self.time_jumps,
                 "dropped": sum(self.dropped.values()),
                 "dropped_by_reason": dict(self.dropped),
             }

@@ -1,7 +1,7 @@
 """``sgdfuse bag eval``: replay a bag through the fusion pipeline offline (:func:`evaluate_bag`).
 
-Pairs with :class:`~sgdfuse_ros.sync.ApproximateSync`, fuses with
-:class:`~sgdfuse_ros.pipeline.FusionPipeline`, writes an output bag (fused image, masks,
+Pairs with :class:`~sgdfuse_ros.sync.ApproximateSync`, runs each pair through the node's frame core
+(:class:`~sgdfuse_ros.frame_core.FrameCore`), writes an output bag (fused image, masks,
 ``sgdfuse_ros/msg/FusionStats``) and a report folder (built by :mod:`sgdfuse_ros.bags.report`).
 """
 
@@ -22,6 +22,7 @@ from .bag_io import (
     DEFAULT_THERMAL_TOPIC,
     FUSION_STATS,
     OUTPUT_TOPICS,
+    BagError,
     BagMessage,
     BagWriter,
     deserialize,
@@ -37,7 +38,8 @@ from .report import OutputFormat, ReplayInput, ReplayTally, _build_report, _plot
 
 if TYPE_CHECKING:  # heavy imports (torch) only where a pipeline is built
     from ..config import FuseConfig
-    from ..pipeline import FusionPipeline, FusionResult
+    from ..frame_core import FrameStats
+    from ..pipeline import FusionPipeline
 
 
 @dataclass
@@ -69,37 +71,13 @@ def metric_sources(
     return ir, np.ascontiguousarray(vis)
 
 
-def _stats_message(
-    store: Any,
-    header: Any,
-    pipeline: FusionPipeline,
-    result: FusionResult | None,
-    latency_ms: float,
-    stamp_difference_ms: float,
-    counters: PairAccounting,
-    fused: int,
-    dropped: dict[str, int],
-) -> Any:
-    StageTiming = store.types["sgdfuse_ros/msg/StageTiming"]
-    timings = [StageTiming(stage=k, milliseconds=float(v)) for k, v in (result.timings_ms.items() if result else ())]
-    reasons = sorted(dropped)
-    return store.types[FUSION_STATS](
-        header=header,
-        prior=str(pipeline.prior_name),
-        device=str(pipeline.device),
-        timings=timings,
-        latency_ms=float(latency_ms),
-        stamp_difference_ms=float(stamp_difference_ms),
-        received_thermal=counters.received[0],
-        received_rgb=counters.received[1],
-        paired=counters.paired,
-        unpaired_thermal=counters.unpaired[0],
-        unpaired_rgb=counters.unpaired[1],
-        fused=fused,
-        dropped=sum(dropped.values()),
-        dropped_reasons=reasons,
-        dropped_counts=np.array([dropped[r] for r in reasons], dtype=np.uint64),
-    )
+def _stats_message(store: Any, header: Any, stats: FrameStats) -> Any:
+    """FusionStats (rosbags type) with the same field values the node publishes for this frame."""
+    stage_timing = store.types["sgdfuse_ros/msg/StageTiming"]
+    fields = stats.message_fields()
+    fields["dropped_counts"] = np.array(fields["dropped_counts"], dtype=np.uint64)
+    timings = [stage_timing(stage=k, milliseconds=float(v)) for k, v in stats.timings_ms.items()]
+    return store.types[FUSION_STATS](header=header, timings=timings, **fields)
 
 
 def evaluate_bag(
@@ -121,9 +99,12 @@ def evaluate_bag(
     """Replay a bag through the node's fusion path offline; write ``out/bag`` and ``out/report/``.
 
     Messages of the two topics go, in log-time order, through :class:`ApproximateSync` configured
-    with ``node.sync_queue_size`` / ``node.sync_slop``; every pair is decoded and fused with
-    :meth:`FusionPipeline.fuse` (the node's code path, no ROS runtime), unlike the live node never
-    dropping a pair for being busy. The output bag holds /fused/image (rgb8), /fused/mask/ir,
+    with ``node.sync_queue_size`` / ``node.sync_slop`` (reset after a backwards time jump, as the node's
+    pairing); every pair goes through the node's frame core (:class:`~sgdfuse_ros.frame_core.FrameCore`:
+    decoding, error policy, accounting, stats), unlike the live node never dropping a pair for being busy.
+    A sticky CUDA error (FatalDeviceError) ends the run with BagError.
+
+    The output bag holds /fused/image (rgb8), /fused/mask/ir,
     /fused/mask/vis (mono8), all with the RGB header, and /fused/stats (sgdfuse_ros/msg/FusionStats),
     logged at the log time of the message that completed the pair. The report folder holds
     report.json, report.md, contact_sheet.png, metrics.png and latency.png.
@@ -132,7 +113,7 @@ def evaluate_bag(
     Returns the report dict.
     """
     from .. import metrics as fusion_metrics
-    from ..imaging import InvalidImageError
+    from ..frame_core import FatalDeviceError, FrameCore
 
     say = progress or (lambda text: None)
     store = typestore(distro)
@@ -152,14 +133,12 @@ def evaluate_bag(
         report_dir = staging / "report"
         report_dir.mkdir()
         writer = BagWriter(staging / "bag", storage, version, distro)
-        sync = ApproximateSync(queue_size, slop)
+        sync = ApproximateSync(queue_size, slop, reset_on_time_jump=True)
         counters = PairAccounting(slop, queue_size)
-        from ..messages import rgb_to_array, thermal_to_array
+        core = FrameCore(pipeline, counters)
         samples = _Samples(expected_pairs, sample_frames)
         metrics_s = 0.0
         frames: list[dict] = []
-        dropped: dict[str, int] = {}
-        fused_count = 0
         first_log = last_log = None
         started = time.perf_counter()
         try:
@@ -169,21 +148,24 @@ def evaluate_bag(
                 msg = deserialize(bag, message, store)
                 index = 0 if message.topic == thermal_topic else 1
                 stamp = stamp_ns(msg.header)
-                counters.on_message(index, stamp)
+                jumps_before = sync.time_jumps
                 pair = sync.add(index, stamp, _Pending(message, msg, stamp))
+                if sync.time_jumps > jumps_before:  # the node resets its pairing the same way
+                    counters.on_time_jump()
+                    say(f"time jump at stamp {stamp} on {('thermal', 'rgb')[index]}: pairing reset")
+                counters.on_message(index, stamp)
                 if pair is None:
                     continue
-                received = time.perf_counter()
                 thermal_item, rgb_item = pair
                 counters.on_pair(thermal_item.stamp, rgb_item.stamp)
                 try:
-                    thermal, thermal_encoding = thermal_to_array(thermal_item.msg)
-                    rgb, rgb_encoding = rgb_to_array(rgb_item.msg)
-                    result = pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
-                except InvalidImageError as error:
-                    dropped[error.reason] = dropped.get(error.reason, 0) + 1
-                    say(f"dropped pair at RGB stamp {rgb_item.stamp}: {error}")
+                    outcome = core.process(thermal_item.msg, rgb_item.msg, time.monotonic())
+                except FatalDeviceError as error:
+                    raise BagError(f"{error}; nothing was written") from None
+                if outcome.result is None:
+                    say(f"dropped pair at RGB stamp {rgb_item.stamp} ({outcome.drop_reason}): {outcome.drop_message}")
                     continue
+                result = outcome.result
                 header = rgb_item.msg.header
                 log_time = message.log_time
                 for key, image, encoding in (
@@ -193,41 +175,38 @@ def evaluate_bag(
                 ):
                     out_msg = image_message(store, image, encoding, rgb_item.stamp, header.frame_id)
                     writer.write(OUTPUT_TOPICS[key], out_msg, log_time)
-                latency_ms = (time.perf_counter() - received) * 1000.0
-                fused_count += 1
-                difference_ms = (thermal_item.stamp - rgb_item.stamp) / 1e6
-                stats = _stats_message(
-                    store, header, pipeline, result, latency_ms, difference_ms, counters, fused_count, dropped
+                stats = core.complete(outcome)
+                writer.write(OUTPUT_TOPICS["stats"], _stats_message(store, header, stats), log_time)
+                index_fused = stats.counters["fused"] - 1
+                frames.append(
+                    {
+                        "index": index_fused,
+                        "stamp_ns": rgb_item.stamp,
+                        "thermal_stamp_ns": thermal_item.stamp,
+                        "stamp_difference_ms": stats.stamp_difference_ms,
+                        "log_time_ns": log_time,
+                        "latency_ms": stats.latency_ms,
+                        "timings_ms": dict(result.timings_ms),
+                        "width": int(result.fused.shape[1]),
+                        "height": int(result.fused.shape[0]),
+                    }
                 )
-                writer.write(OUTPUT_TOPICS["stats"], stats, log_time)
-                record: dict[str, Any] = {
-                    "index": fused_count - 1,
-                    "stamp_ns": rgb_item.stamp,
-                    "thermal_stamp_ns": thermal_item.stamp,
-                    "stamp_difference_ms": difference_ms,
-                    "log_time_ns": log_time,
-                    "latency_ms": latency_ms,
-                    "timings_ms": dict(result.timings_ms),
-                    "width": int(result.fused.shape[1]),
-                    "height": int(result.fused.shape[0]),
-                }
                 metrics_started = time.perf_counter()
-                if metrics or (fused_count - 1) in samples.indices:
-                    ir_src, vis_src = metric_sources(thermal, thermal_encoding, rgb, rgb_encoding, config)
+                if metrics or index_fused in samples.indices:
+                    ir_src, vis_src = metric_sources(*outcome.inputs, config)
                     if metrics:
                         values = fusion_metrics.evaluate(
                             np.ascontiguousarray(result.fused[:, :, ::-1]), ir_src, vis_src
                         )
-                        record["metrics"] = {k: float(v) for k, v in values.items()}
+                        frames[-1]["metrics"] = {k: float(v) for k, v in values.items()}
                     samples.offer(
-                        fused_count - 1,
-                        f"#{fused_count - 1} t={rgb_item.stamp / 1e9:.3f}",
+                        index_fused,
+                        f"#{index_fused} t={rgb_item.stamp / 1e9:.3f}",
                         (ir_src, vis_src[:, :, ::-1], result.fused, result.mask_ir, result.mask_vis),
                     )
                 metrics_s += time.perf_counter() - metrics_started
-                frames.append(record)
-                if fused_count % 10 == 0:
-                    say(f"{fused_count} frames fused")
+                if (index_fused + 1) % 10 == 0:
+                    say(f"{index_fused + 1} frames fused")
             sync.finish()
         finally:
             writer.close()
@@ -245,8 +224,8 @@ def evaluate_bag(
             ReplayTally(
                 sync=sync,
                 counters=counters,
-                dropped=dropped,
-                fused=fused_count,
+                dropped=dict(counters.dropped),
+                fused=counters.fused,
                 frames=frames,
                 wall=wall,
                 metrics_s=metrics_s,

@@ -1,0 +1,308 @@
+"""One frame-processing core for the live node and the offline replay, without rclpy.
+
+A synchronized (thermal, RGB) message pair goes: decode (:mod:`sgdfuse_ros.messages`) -> FusionPipeline
+-> error policy -> accounting (:class:`sgdfuse_ros.sync.PairAccounting`) -> the content of one
+``sgdfuse_ros/msg/FusionStats``. ``sgdfuse_ros.ros.node`` publishes what this core returns and
+``sgdfuse_ros.bags.replay`` writes it to a bag, so live and offline cannot drift: same decoding, same
+drop reasons, same counters, same stats.
+
+Error policy (docs/node.md "Faults"):
+
+* unusable input (:class:`~sgdfuse_ros.imaging.InvalidImageError`): the pair is dropped with the error's
+  reason key (``thermal_encoding``, ``rgb_too_large`` ...), level warning;
+* CUDA out of memory: dropped as ``cuda_oom``, the allocator cache is emptied and the next frame waits a
+  back-off (0.25 s doubling to 4 s) before it runs on the GPU again. Only with ``compute.oom_cpu_fallback``
+  does the pipeline move to the CPU, after :data:`OOM_CPU_FALLBACK_AFTER` OOMs in a row, with the CPU
+  thread count set;
+* any other exception: dropped as ``pipeline_error``. ``compute.cuda_error_exit_after`` such errors in a row
+  whose text contains "CUDA error" (a sticky device fault: every later kernel launch fails too) raise
+  :class:`FatalDeviceError`; the node exits with :data:`EXIT_CUDA_FAULT` so a supervisor can restart it.
+
+Configuration is a snapshot: :meth:`FrameCore.reconfigure` is called by the thread that runs
+:meth:`FrameCore.process`, between frames, so one frame never mixes old and new values; every accepted
+change increments :attr:`FrameCore.config_generation`, which each FusionStats carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import FuseConfig
+from .imaging import InvalidImageError
+from .messages import rgb_to_array, thermal_to_array
+from .pipeline import FusionPipeline, FusionResult
+from .sync import PairAccounting, stamp_ns
+
+__all__ = [
+    "EXIT_CUDA_FAULT",
+    "OOM_CPU_FALLBACK_AFTER",
+    "FatalDeviceError",
+    "FrameCore",
+    "FrameOutcome",
+    "FrameStats",
+    "cpu_threads",
+]
+
+#: Process exit status of the node after a sticky CUDA error (documented in docs/node.md; launch's respawn
+#: and supervisors key on it).
+EXIT_CUDA_FAULT = 3
+#: Consecutive CUDA out-of-memory errors after which the pipeline moves to the CPU, when compute.oom_cpu_fallback.
+OOM_CPU_FALLBACK_AFTER = 3
+#: Back-off before the next GPU attempt after an OOM: first value, doubling per consecutive OOM, capped.
+OOM_BACKOFF_S = (0.25, 4.0)
+#: Consecutive pipeline failures from which the health is ERROR (diagnostics).
+PIPELINE_ERROR_LEVEL_AFTER = 3
+STATS_COUNTERS = ("received_thermal", "received_rgb", "paired", "unpaired_thermal", "unpaired_rgb", "fused")
+
+
+class FatalDeviceError(RuntimeError):
+    """The compute device failed in a way retries cannot fix (repeated "CUDA error"); the process should exit."""
+
+
+def cpu_threads(config: FuseConfig) -> int:
+    """Torch CPU threads for ``config``: compute.torch_threads, or every core torch sees when it is 0."""
+    return config.compute.torch_threads or torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Content of one ``sgdfuse_ros/msg/FusionStats`` apart from its header; counters are cumulative."""
+
+    prior: str
+    device: str
+    timings_ms: Mapping[str, float]
+    latency_ms: float  #: pair formed -> outputs ready
+    stamp_age_ms: float  #: clock at publish - RGB stamp (NaN where no clock applies, e.g. offline replay)
+    stamp_difference_ms: float  #: thermal stamp - RGB stamp
+    counters: Mapping[str, Any]  #: PairAccounting.snapshot()
+    config_generation: int
+
+    def message_fields(self) -> dict[str, Any]:
+        """{FusionStats field: value} for every field but ``header`` and ``timings``."""
+        reasons = sorted(self.counters["dropped_by_reason"])
+        fields: dict[str, Any] = {key: int(self.counters[key]) for key in STATS_COUNTERS}
+        fields.update(
+            prior=self.prior,
+            device=self.device,
+            latency_ms=float(self.latency_ms),
+            stamp_age_ms=float(self.stamp_age_ms),
+            stamp_difference_ms=float(self.stamp_difference_ms),
+            dropped=int(self.counters["dropped"]),
+            dropped_reasons=reasons,
+            dropped_counts=[int(self.counters["dropped_by_reason"][r]) for r in reasons],
+            time_jumps=int(self.counters["time_jumps"]),
+            config_generation=int(self.config_generation),
+        )
+        return fields
+
+
+@dataclass
+class FrameOutcome:
+    """What became of one pair: fused (``result`` set) or dropped (``drop_reason`` set)."""
+
+    thermal_msg: Any
+    rgb_msg: Any
+    received: float  #: monotonic seconds when the pair formed
+    result: FusionResult | None = None
+    drop_reason: str = ""
+    drop_message: str = ""
+    drop_level: str = "warning"  #: "info", "warning" or "error": how loudly the adapter logs the drop
+    #: Decoded inputs (None when decoding failed), for offline metrics.
+    inputs: tuple[np.ndarray, str, np.ndarray, str] | None = None
+    config_generation: int = 0
+
+    @property
+    def fused(self) -> bool:
+        return self.result is not None
+
+    @property
+    def stamp_difference_ms(self) -> float:
+        return (stamp_ns(self.thermal_msg.header) - stamp_ns(self.rgb_msg.header)) / 1e6
+
+
+@dataclass
+class FaultState:
+    """The error policy's memory (read by diagnostics)."""
+
+    consecutive_oom: int = 0
+    consecutive_errors: int = 0
+    consecutive_cuda_errors: int = 0
+    last_error: str = ""
+    device_note: str = ""
+    backoff_until: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class FrameCore:
+    """Decode, fuse and account for synchronized pairs; one instance per node or replay.
+
+    Args:
+        pipeline: the FusionPipeline (its ``config`` is replaced by :meth:`reconfigure`).
+        accounting: the counters shared with the pairing side (received / paired / unpaired are counted
+            there; this core counts fused and dropped).
+        clock: monotonic seconds (tests inject one).
+    Thread safety: :meth:`process`, :meth:`complete` and :meth:`reconfigure` belong to one thread (the
+    node's worker); :meth:`drop` and :meth:`health` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        pipeline: FusionPipeline,
+        accounting: PairAccounting,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.accounting = accounting
+        self.config_generation = 0
+        self._clock = clock
+        self._faults = FaultState(device_note=pipeline.device_note)
+
+    @property
+    def config(self) -> FuseConfig:
+        """The configuration in effect for the next frame."""
+        return self.pipeline.config
+
+    # -- configuration -----------------------------------------------------------------------------
+    def reconfigure(self, new: FuseConfig, changed: set[str] | frozenset[str]) -> int:
+        """Apply run-time parameters between frames; returns the new config generation.
+
+        Only the run-time parameters have an effect here (thermal scaling, SAM thresholds): the others are
+        read-only and never change after start-up.
+        """
+        pipeline = self.pipeline
+        pipeline.config = new
+        if any(name.startswith("thermal.") for name in changed):
+            pipeline.thermal_scaler.config = new.thermal
+            pipeline.thermal_scaler.reset()
+        for key in ("pred_iou_thresh", "stability_score_thresh"):
+            if f"prior.{key}" in changed and hasattr(pipeline.prior, key):
+                setattr(pipeline.prior, key, getattr(new.prior, key))
+        self.config_generation += 1
+        return self.config_generation
+
+    # -- frames ------------------------------------------------------------------------------------
+    def backoff_remaining(self) -> float:
+        """Seconds to wait before the next frame may use the GPU again (0 when none)."""
+        return max(0.0, self._faults.backoff_until - self._clock())
+
+    def process(self, thermal_msg: Any, rgb_msg: Any, received: float) -> FrameOutcome:
+        """Decode and fuse one pair (Image or CompressedImage messages, rclpy or rosbags).
+
+        A dropped pair is counted here; a fused one is counted by :meth:`complete`, once its outputs are out.
+        Raises:
+            FatalDeviceError: the sticky-CUDA-error rule fired (this pair is counted as dropped first).
+        """
+        outcome = FrameOutcome(thermal_msg, rgb_msg, received, config_generation=self.config_generation)
+        config = self.pipeline.config
+        try:
+            limit = config.node.max_image_bytes
+            thermal, thermal_encoding = thermal_to_array(thermal_msg, limit)
+            rgb, rgb_encoding = rgb_to_array(rgb_msg, limit)
+            outcome.inputs = (thermal, thermal_encoding, rgb, rgb_encoding)
+            outcome.result = self.pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
+        except InvalidImageError as error:
+            return self._dropped(outcome, error.reason, str(error), "warning")
+        except torch.cuda.OutOfMemoryError as error:
+            return self._out_of_memory(outcome, error)
+        except Exception as error:  # noqa: BLE001 - any pipeline fault drops the frame; the caller keeps serving
+            return self._failed(outcome, error)
+        faults = self._faults
+        faults.consecutive_oom = faults.consecutive_errors = faults.consecutive_cuda_errors = 0
+        return outcome
+
+    def complete(self, outcome: FrameOutcome, stamp_age_ms: float = math.nan) -> FrameStats:
+        """Count a fused pair whose outputs were delivered; returns its stats."""
+        assert outcome.result is not None, "complete() is for fused pairs"
+        self.accounting.on_fused()
+        return FrameStats(
+            prior=self.pipeline.prior_name,
+            device=str(self.pipeline.device),
+            timings_ms=dict(outcome.result.timings_ms),
+            latency_ms=(self._clock() - outcome.received) * 1000.0,
+            stamp_age_ms=stamp_age_ms,
+            stamp_difference_ms=outcome.stamp_difference_ms,
+            counters=self.accounting.snapshot(),
+            config_generation=outcome.config_generation,
+        )
+
+    def drop(self, reason: str) -> None:
+        """Count a pair dropped outside :meth:`process` (``superseded``, a failed publish ...)."""
+        self.accounting.on_dropped(reason)
+
+    def health(self) -> FaultState:
+        """A copy of the fault state."""
+        faults = self._faults
+        return FaultState(
+            consecutive_oom=faults.consecutive_oom,
+            consecutive_errors=faults.consecutive_errors,
+            consecutive_cuda_errors=faults.consecutive_cuda_errors,
+            last_error=faults.last_error,
+            device_note=faults.device_note,
+            backoff_until=faults.backoff_until,
+        )
+
+    # -- error policy ------------------------------------------------------------------------------
+    def _dropped(self, outcome: FrameOutcome, reason: str, message: str, level: str) -> FrameOutcome:
+        outcome.result = None
+        outcome.drop_reason, outcome.drop_message, outcome.drop_level = reason, message, level
+        self.accounting.on_dropped(reason)
+        return outcome
+
+    def _out_of_memory(self, outcome: FrameOutcome, error: BaseException) -> FrameOutcome:
+        # Best effort: release the cached blocks the failed frame left; the frame is dropped either way.
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+        faults = self._faults
+        faults.consecutive_oom += 1
+        count = faults.consecutive_oom
+        first, cap = OOM_BACKOFF_S
+        backoff = min(cap, first * 2 ** (count - 1))
+        faults.backoff_until = self._clock() + backoff
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else "out of memory"
+        device = self.pipeline.device
+        message = f"CUDA out of memory on {device} ({count} in a row; next try in {backoff:g} s): {first_line}"
+        self._dropped(outcome, "cuda_oom", message, "error")
+        config = self.pipeline.config
+        if config.compute.oom_cpu_fallback and count >= OOM_CPU_FALLBACK_AFTER and device.type == "cuda":
+            threads = cpu_threads(config)
+            torch.set_num_threads(threads)
+            self.pipeline.to("cpu")
+            faults.device_note = (
+                f"moved from {device} to the CPU ({threads} threads) after {count} consecutive CUDA out-of-memory "
+                "errors (compute.oom_cpu_fallback)"
+            )
+            faults.consecutive_oom = 0
+            faults.backoff_until = 0.0
+            faults.notes.append(faults.device_note)
+        return outcome
+
+    def _failed(self, outcome: FrameOutcome, error: BaseException) -> FrameOutcome:
+        faults = self._faults
+        text = f"{type(error).__name__}: {error}"
+        faults.consecutive_errors += 1
+        faults.consecutive_oom = 0
+        faults.last_error = text
+        faults.consecutive_cuda_errors = faults.consecutive_cuda_errors + 1 if "CUDA error" in str(error) else 0
+        self._dropped(outcome, "pipeline_error", text, "error")
+        limit = self.pipeline.config.compute.cuda_error_exit_after
+        if limit and faults.consecutive_cuda_errors >= limit:
+            raise FatalDeviceError(
+                f"{faults.consecutive_cuda_errors} consecutive CUDA errors on {self.pipeline.device} "
+                f"(compute.cuda_error_exit_after = {limit}); last: {text}"
+            )
+        return outcome
+
+    def take_notes(self) -> list[str]:
+        """Policy events to log once (device moves), oldest first; clears them."""
+        notes, self._faults.notes = self._faults.notes, []
+        return notes
