@@ -79,11 +79,39 @@ CASES = {
 }
 
 
+#: The bundled bag with two unusable frames in the middle: a thermal image in a colour encoding and an RGB
+#: image whose data is half its declared size. Live and offline must drop the same pairs for the same reasons.
+CASES["bad_frames"] = {"make": "bad_frames", "node": [], "play": ["--rate", "0.5"], "sim_time": False}
+BAD_FRAMES = {"/thermal/image": (8, "thermal_encoding"), "/rgb/image": (18, "rgb_data_size")}
+
+
+def _bag_with_bad_frames(path: Path) -> Path:
+    from dataclasses import replace
+
+    messages = [(topic, log_time, msg) for topic, (log_time, msg) in _topic_messages(BUNDLED)]
+    seen: dict[str, int] = {}
+    for k, (topic, log_time, msg) in enumerate(messages):
+        seen[topic] = seen.get(topic, -1) + 1
+        if topic == "/thermal/image" and seen[topic] == BAD_FRAMES[topic][0]:
+            messages[k] = (topic, log_time, replace(msg, encoding="bgr8"))
+        elif topic == "/rgb/image" and seen[topic] == BAD_FRAMES[topic][0]:
+            messages[k] = (topic, log_time, replace(msg, data=msg.data[: len(msg.data) // 2]))
+    return bags.write_bag(path, messages)
+
+
+def _topic_messages(path: Path) -> list:
+    store = bags.typestore()
+    with bags.open_bag(path) as bag:
+        return [(m.topic, (m.log_time, bags.deserialize(bag, m, store))) for m in bags.iter_raw(bag, list(bag.topics))]
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_live_node_outputs_equal_the_offline_eval(tmp_path, stage1_weights, case):
     spec = CASES[case]
     bag = BUNDLED
-    if spec["make"] is not None:
+    if spec["make"] == "bad_frames":
+        bag = _bag_with_bad_frames(tmp_path / "input")
+    elif spec["make"] is not None:
         bag = Path(bags.make_bag(PAIRS, tmp_path / "input", spec["make"])["path"])
     namespace = f"/bagtest_{case}"
     weights = ["-p", f"stage1.weights:={stage1_weights}"] if stage1_weights else []
@@ -156,13 +184,20 @@ def test_live_node_outputs_equal_the_offline_eval(tmp_path, stage1_weights, case
     )
     assert live_stats, (logs["node"].read_text(), logs["recorder"].read_text())
     last = live_stats[-1]
-    superseded = dict(zip(last.dropped_reasons, last.dropped_counts, strict=True)).get("superseded", 0)
+    live_drops = dict(zip(last.dropped_reasons, last.dropped_counts, strict=True))
+    superseded = live_drops.pop("superseded", 0)
     offline_frames = report["pairing"]["fused"]
-    assert report["pairing"]["pairs"] == offline_frames and report["pairing"]["dropped"] == 0
-    # The node received and paired exactly what the offline rule paired; frames missing live were superseded.
+    offline_drops = report["pairing"]["dropped_by_reason"]
+    expected_drops = {reason: 1 for _, reason in BAD_FRAMES.values()} if spec["make"] == "bad_frames" else {}
+    assert offline_drops == expected_drops
+    assert report["pairing"]["pairs"] == offline_frames + sum(offline_drops.values())
+    # The node received and paired exactly what the offline rule paired; it dropped the same unusable pairs
+    # for the same reasons (unless a newer pair superseded one first), and frames missing live were superseded.
     assert (last.received_thermal, last.received_rgb) == tuple(report["pairing"]["received"].values())
-    assert last.paired == report["pairing"]["pairs"] == offline_frames
-    assert last.fused + superseded == offline_frames and last.dropped == superseded
+    assert last.paired == report["pairing"]["pairs"]
+    assert all(live_drops.get(r, 0) <= n for r, n in offline_drops.items()) and set(live_drops) <= set(offline_drops)
+    assert sum(offline_drops.values()) - sum(live_drops.values()) <= superseded
+    assert last.fused + superseded + sum(live_drops.values()) == last.paired
     assert last.fused >= offline_frames // 2, "played slowly, the node should fuse most frames"
 
     for topic in ("/fused/image", "/fused/mask/ir", "/fused/mask/vis"):

@@ -547,6 +547,41 @@ def test_unpaired_messages_are_counted_per_topic(live) -> None:
     assert "unpaired" not in status.message
 
 
+def test_a_looped_bag_pairs_every_pass_after_the_time_jump_reset(live) -> None:
+    """The bag-loop pattern through the node's real pairing (message_filters; the test double here): pass 1
+    ends with more unmatched RGB stamps than the queue holds, so pass 2 (the same stamps again) would pair
+    nothing; the node detects the backwards jump, resets the pairing and pairs pass 2 like pass 1."""
+    node, pairs_per_pass, queue = live.node, 6, live.node.config.node.sync_queue_size
+    base = live.stamp()
+    live._next += 5  # later tests keep increasing stamps (no second jump)
+
+    def at(k: int) -> Time:
+        ns = base.nanosec + k * 100_000_000
+        return Time(sec=base.sec + ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+    def one_pass() -> int:
+        before = node.counters()["paired"]
+        for k in range(pairs_per_pass):
+            live.send(*live.pair(at(k)))
+            time.sleep(0.05)
+        _wait_for(lambda: node.counters()["paired"] >= before + pairs_per_pass, what="the pass's pairs")
+        time.sleep(0.3)  # the worker catches up, so the tail cannot overtake a pair
+        received = node.counters()["received_rgb"]
+        for k in range(pairs_per_pass, pairs_per_pass + queue + 2):  # RGB only: fills the RGB queue
+            live.send(None, live.pair(at(k))[1])
+            time.sleep(0.03)  # within the subscription's depth
+        _wait_for(lambda: node.counters()["received_rgb"] >= received + queue + 2, what="the RGB tail")
+        return node.counters()["paired"] - before
+
+    jumps = node.counters()["time_jumps"]
+    assert [one_pass() for _ in range(3)] == [pairs_per_pass] * 3
+    assert node.counters()["time_jumps"] == jumps + 2  # one reset per loop
+    line = _wait_for(lambda: live.probe.log_lines("pairing reset"), what="the time-jump log line")[-1]
+    assert "stamp jumped back" in line and "bag loop" in line
+    _, stats = live.fuse_good_pair()
+    assert stats.time_jumps == jumps + 2
+
+
 def test_newest_pair_wins_and_superseded_is_counted(live, monkeypatch) -> None:
     pipeline = live.node.pipeline
     real_fuse = pipeline.fuse

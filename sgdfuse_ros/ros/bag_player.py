@@ -9,9 +9,9 @@ message goes out at once, message k at ``(log_k - log_first) / rate`` seconds la
 rate ``clock_hz`` > 0, /clock (rosgraph_msgs/Clock) carries the bag's time as ``ros2 bag play
 --clock`` does, so a node started with ``use_sim_time:=true`` runs on bag time. ``loop`` replays
 from the start (the clock and the header stamps then go back in time, as with ``ros2 bag play
---loop``). The node's message_filters pairing does NOT recover from that jump by itself (measured: no pair
-after the first loop, test/test_sync_time_jump.py); the library's reset (sync.TimeJumpDetector,
-ApproximateSync(reset_on_time_jump=True)) is not wired into the node yet. Reading uses sgdfuse_ros.bags.
+--loop``). message_filters' synchroniser alone would pair nothing after the first loop (its queues stay
+full of later stamps; test/test_sync_time_jump.py); the node detects the backwards jump and resets its
+pairing (docs/node.md "Time jumps"). Reading uses sgdfuse_ros.bags.
 """
 
 from __future__ import annotations
