@@ -5,7 +5,8 @@ user-supplied checkpoint) or ``"fallback"`` (weight-free); ``"auto"`` picks SAM 
 configured. See docs/priors.md.
 """
 
-from .base import PRIOR_KINDS, SAM_MODEL_TYPES, SemanticPrior, build_prior
+from .base import PRIOR_KINDS, SAM_MODEL_TYPES, SemanticPrior
+from .builder import build_prior
 from .fallback import FallbackPrior, SaliencyParams
 
 __all__ = [
