@@ -116,7 +116,7 @@ def run_soak(
     rss: list[tuple[int, float]] = []
     try:
         wait(lambda: pub_t.get_subscription_count() >= 1 and pub_r.get_subscription_count() >= 1, "discovery")
-        wait(lambda: node._pub_stats.get_subscription_count() >= 1, "the stats subscription")
+        wait(lambda: node._outputs["stats"].get_subscription_count() >= 1, "the stats subscription")
         base = 1_700_000_000
         for i in range(1, pairs + 1):
             stamp = Time(sec=base + i // 10, nanosec=(i % 10) * 100_000_000)  # 10 Hz stamps

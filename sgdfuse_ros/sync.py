@@ -41,8 +41,8 @@ class PairAccounting:
     3. another message of its topic arrives with the same stamp (the synchronizer's queue is keyed
        by stamp, so the newer one replaces it).
 
-    4. the pairing is reset after a backwards time jump (:meth:`on_time_jump`): every pending message
-       of both topics is unpaired.
+    4. the pairing is reset after a backwards time jump (:meth:`on_time_jump`) or the node is deactivated
+       (:meth:`flush_pending`): every pending message of both topics is unpaired.
 
     Stamps going backwards within the slop can make a message counted as unpaired pair later; the
     counters stay as they are then (documented limitation). Messages still pending are not counted.
@@ -88,6 +88,11 @@ class PairAccounting:
         """The pairing was reset after a backwards time jump: whatever was pending can never pair."""
         with self._lock:
             self.time_jumps += 1
+        self.flush_pending()
+
+    def flush_pending(self) -> None:
+        """The synchronizer was replaced (time jump, deactivation): every pending message counts as unpaired."""
+        with self._lock:
             for topic in (THERMAL, RGB):
                 self.unpaired[topic] += len(self._pending[topic])
                 self._pending[topic].clear()

@@ -231,9 +231,9 @@ def live(stage1_weights):
             lambda: (
                 probe.thermal_pub.get_subscription_count() >= 1
                 and probe.rgb_pub.get_subscription_count() >= 1
-                and node._pub_fused.get_subscription_count() >= 1
-                and node._pub_stats.get_subscription_count() >= 1
-                and node._pub_mask_vis.get_subscription_count() >= 1
+                and node._outputs["fused"].get_subscription_count() >= 1
+                and node._outputs["stats"].get_subscription_count() >= 1
+                and node._outputs["mask_vis"].get_subscription_count() >= 1
             ),
             what="discovery between the probe and the node",
         )
@@ -357,7 +357,7 @@ def test_compressed_inputs(live) -> None:
             lambda: (
                 thermal_pub.get_subscription_count() >= 1
                 and rgb_pub.get_subscription_count() >= 1
-                and node._pub_fused.get_subscription_count() >= 1
+                and node._outputs["fused"].get_subscription_count() >= 1
             ),
             what="discovery of the compressed-input node",
         )
@@ -692,7 +692,7 @@ def test_pipeline_errors_are_dropped_and_raise_diagnostics_to_error(live, monkey
 
 
 def test_worker_survives_a_publish_error(live, monkeypatch) -> None:
-    publisher = live.node._pub_mask_ir
+    publisher = live.node._outputs["mask_ir"]
     real_publish = publisher.publish
     failed = []
 

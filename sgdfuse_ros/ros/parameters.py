@@ -51,6 +51,26 @@ class RosLogHandler(logging.Handler):
         super().__init__(level=logging.INFO)
         self._ros_logger = ros_logger
         self.messages: collections.deque[str] = collections.deque(maxlen=self.MAX_KEPT)
+        self._library_logger: logging.Logger | None = None
+        self._library_level = logging.NOTSET
+
+    @classmethod
+    def attach(cls, ros_logger: Any) -> RosLogHandler:
+        """A handler forwarding ``sgdfuse_ros.*`` records of level INFO and above to ``ros_logger``."""
+        handler = cls(ros_logger)
+        library = logging.getLogger("sgdfuse_ros")
+        handler._library_logger, handler._library_level = library, library.level
+        library.addHandler(handler)
+        if library.getEffectiveLevel() > logging.INFO:
+            library.setLevel(logging.INFO)
+        return handler
+
+    def detach(self) -> None:
+        """Undo :meth:`attach` (idempotent)."""
+        if self._library_logger is not None:
+            self._library_logger.removeHandler(self)
+            self._library_logger.setLevel(self._library_level)
+            self._library_logger = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
