@@ -2,7 +2,8 @@
 
     ros2 launch sgdfuse_ros fuse.launch.py thermal_topic:=/flir/image_raw rgb_topic:=/camera/image_raw \
         [device:=cuda] [precision:=fp16] [sam_checkpoint:=/models/sam_vit_b.pth] [sam_model_type:=vit_b] \
-        [stage1_weights:=/models/stage1.pt] [namespace:=front] [config_file:=/path/fuse.yaml] [use_sim_time:=true]
+        [stage1_weights:=/models/stage1.pt] [namespace:=front] [config_file:=/path/fuse.yaml] [use_sim_time:=true] \
+        [autostart:=false] [respawn:=true]
 
 The node reads config/fuse.yaml from the package share (or ``config_file``). Every launch argument
 defaults to the empty string, which means "not set": only the arguments given on the command line
@@ -41,13 +42,22 @@ REMAP_ARGUMENTS = {
     "thermal_topic": "thermal/image",
     "rgb_topic": "rgb/image",
 }
-#: launch arguments handled specially: namespace of the node, parameter file, ROS's use_sim_time.
+#: launch arguments handled specially: namespace of the node, parameter file, ROS's use_sim_time, the node's
+#: ``autostart`` parameter (not a FuseConfig one: it is about the lifecycle, not the fusion), and respawn.
 OTHER_ARGUMENTS = {
     "namespace": "Namespace of the node (its topics are relative, so they move with it).",
     "config_file": "Parameter file; empty = config/fuse.yaml of the installed package.",
     "use_sim_time": "true/false: use /clock (ROS parameter use_sim_time); empty = the parameter's default.",
+    "autostart": "true/false: the lifecycle node configures and activates itself at start-up (node parameter "
+    "autostart); false waits for 'ros2 lifecycle set'. Empty = true.",
+    "respawn": "true/false: restart the node process whenever it exits (launch_ros respawn, after 2 s), e.g. after "
+    "a sticky CUDA error (exit status 3); a lifecycle shutdown then restarts it too. Empty = false.",
 }
-LAUNCH_ARGUMENTS = (*REMAP_ARGUMENTS, "namespace", *PARAMETER_ARGUMENTS, "config_file", "use_sim_time")
+LAUNCH_ARGUMENTS = (
+    *REMAP_ARGUMENTS, "namespace", *PARAMETER_ARGUMENTS, "config_file", "use_sim_time", "autostart", "respawn"
+)  # fmt: skip
+#: Seconds launch waits before restarting the node (respawn:=true).
+RESPAWN_DELAY_S = 2.0
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -110,11 +120,9 @@ def node_arguments(values: dict[str, str]) -> dict[str, object]:
         for argument in PARAMETER_ARGUMENTS
         if given[argument]
     }
-    if given["use_sim_time"]:
-        lowered = given["use_sim_time"].lower()
-        if lowered not in _TRUE + _FALSE:
-            raise RuntimeError(f"launch argument use_sim_time:={given['use_sim_time']!r} is invalid: true or false")
-        overrides["use_sim_time"] = lowered in _TRUE
+    for name in ("use_sim_time", "autostart"):  # ROS-level node parameters
+        if given[name]:
+            overrides[name] = _boolean(name, given[name])
     kwargs: dict[str, object] = {
         "package": PACKAGE,
         "executable": EXECUTABLE,
@@ -129,7 +137,17 @@ def node_arguments(values: dict[str, str]) -> dict[str, object]:
         kwargs["remappings"] = remappings
     if given["namespace"]:
         kwargs["namespace"] = given["namespace"]
+    if given["respawn"] and _boolean("respawn", given["respawn"]):
+        kwargs["respawn"] = True
+        kwargs["respawn_delay"] = RESPAWN_DELAY_S
     return kwargs
+
+
+def _boolean(argument: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in _TRUE + _FALSE:
+        raise RuntimeError(f"launch argument {argument}:={text!r} is invalid: true or false")
+    return lowered in _TRUE
 
 
 def _launch_setup(context, *args, **kwargs):  # OpaqueFunction calls function(context, *args, **kwargs)

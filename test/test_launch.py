@@ -34,6 +34,8 @@ MIRRORED = {
     "stage1_weights",
     "config_file",
     "use_sim_time",
+    "autostart",
+    "respawn",
 }
 
 
@@ -101,7 +103,7 @@ def test_unset_arguments_are_not_forwarded(launch_module, monkeypatch) -> None:
     kwargs = _run(launch_module, monkeypatch)
     assert kwargs["package"] == "sgdfuse_ros" and kwargs["executable"] == "fusion_node"
     assert kwargs["name"] == "sgdfuse"
-    assert "remappings" not in kwargs and "namespace" not in kwargs
+    assert "remappings" not in kwargs and "namespace" not in kwargs and "respawn" not in kwargs
     (config_file,) = kwargs["parameters"]  # only the parameter file: fuse.yaml decides everything
     assert Path(config_file).name == "fuse.yaml" and Path(config_file).is_file()
     document = yaml.safe_load(Path(config_file).read_text())
@@ -124,6 +126,8 @@ def test_set_arguments_are_forwarded_with_types(launch_module, monkeypatch, tmp_
         stage1_weights="/models/stage1.pt",
         config_file=str(custom),
         use_sim_time="True",
+        autostart="false",
+        respawn="true",
     )
     file, overrides = kwargs["parameters"]
     assert file == str(custom)
@@ -134,8 +138,11 @@ def test_set_arguments_are_forwarded_with_types(launch_module, monkeypatch, tmp_
         "prior.sam_model_type": "vit_l",
         "stage1.weights": "/models/stage1.pt",
         "use_sim_time": True,
+        "autostart": False,
     }
-    assert type(overrides["use_sim_time"]) is bool
+    assert type(overrides["use_sim_time"]) is bool and type(overrides["autostart"]) is bool
+    # respawn: launch_ros restarts the process on any exit (docs/node.md "Faults"), after a delay.
+    assert kwargs["respawn"] is True and kwargs["respawn_delay"] == launch_module.RESPAWN_DELAY_S
     for name, value in overrides.items():
         if name in SPECS:
             assert isinstance(value, SPECS[name].type), name
@@ -158,6 +165,8 @@ def test_only_the_set_argument_is_forwarded(launch_module, monkeypatch) -> None:
         ("device", "gpu", "compute.device"),
         ("sam_model_type", "vit_x", "prior.sam_model_type"),
         ("use_sim_time", "maybe", "use_sim_time"),
+        ("autostart", "later", "autostart"),
+        ("respawn", "always", "respawn"),
         ("config_file", "/nonexistent/fuse.yaml", "/nonexistent/fuse.yaml"),
     ],
 )

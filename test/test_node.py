@@ -829,6 +829,59 @@ def test_dynamic_parameters_validated_and_applied(live) -> None:
     )
 
 
+def test_parameter_changes_while_frames_flow_apply_between_frames(live) -> None:
+    """``ros2 param set`` from another thread while pairs flow: every frame is wholly one configuration (its
+    pixels equal a reference fused with exactly one of the values sent), FusionStats.config_generation
+    never goes back and names it, and no pair is dropped because of a change."""
+    from dataclasses import replace
+
+    node, reference = live.node, live.reference
+    values = [26000.0, 25000.0, 24000.0, 23000.0, 22000.0]
+    default_thermal = reference.thermal_scaler.config
+    expected = {}
+    try:
+        for value in [node.config.thermal.counts_min, *values]:
+            reference.thermal_scaler.config = replace(node.config.thermal, counts_min=value)
+            expected[value] = reference.fuse(live.images["thermal16"], live.images["rgb"], "mono16", "rgb8").fused
+    finally:
+        reference.thermal_scaler.config = default_thermal
+    done = threading.Event()
+
+    def change_parameters() -> None:
+        for value in values:
+            (result,) = _set_parameters(live, **{"thermal.counts_min": value})
+            assert result.successful, result.reason
+            time.sleep(0.2)
+        done.set()
+
+    dropped = node.counters()["dropped"]
+    changer = threading.Thread(target=change_parameters)
+    frames = []
+    try:
+        changer.start()
+        while not done.is_set() or len(frames) < 4:
+            fused, stats = live.fuse_good_pair()
+            frames.append((_pixels(fused), stats.config_generation))
+        changer.join()
+        last_generation = frames[-1][1]
+        _wait_for(lambda: node.config_generation > last_generation or node.config.thermal.counts_min == values[-1])
+        fused, stats = live.fuse_good_pair()  # after the last change: the last value
+        frames.append((_pixels(fused), stats.config_generation))
+    finally:
+        _set_parameters(live, **{"thermal.counts_min": 27000.0})
+    matches_by_generation: dict[int, set[float]] = {}
+    for pixels, generation in frames:
+        matching = {v for v, image in expected.items() if np.abs(pixels.astype(int) - image.astype(int)).max() <= 1}
+        assert matching, f"generation {generation}: the frame matches no single configuration"
+        previous = matches_by_generation.setdefault(generation, matching)
+        assert previous & matching, f"generation {generation}: frames with different values"
+        matches_by_generation[generation] = previous & matching
+    generations = [generation for _, generation in frames]
+    assert generations == sorted(generations) and len(set(generations)) >= 3, generations
+    assert values[-1] in matches_by_generation[generations[-1]]
+    assert node.counters()["dropped"] == dropped  # no drop caused by a change
+
+
 # --------------------------------------------------------------------------------------------------
 # Subprocesses of scripts/fusion_node
 # --------------------------------------------------------------------------------------------------
