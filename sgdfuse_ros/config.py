@@ -155,6 +155,14 @@ class PriorConfig:
     stability_score_thresh: float = _param(
         0.9, "Keep SAM masks whose stability score is at least this.", minimum=0.0, maximum=1.0, read_only=False
     )
+    keyframe_interval: int = _param(
+        1,
+        "Run SAM on every keyframe_interval-th frame (and whenever the image size changes) and carry its masks "
+        "to the frames in between by optical flow (docs/priors.md, 'Keyframes'); 1 = SAM on every frame. "
+        "Used with the SAM prior only: the fallback prior runs on every frame.",
+        minimum=1,
+        maximum=100,
+    )
 
 
 @dataclass

@@ -183,9 +183,11 @@ class FrameCore:
         if any(name.startswith("thermal.") for name in changed):
             pipeline.thermal_scaler.config = new.thermal
             pipeline.thermal_scaler.reset()
+        # A keyframed SAM prior (priors.keyframes.KeyframePrior) holds the SAM prior as ``inner``.
+        prior = getattr(pipeline.prior, "inner", pipeline.prior)
         for key in ("pred_iou_thresh", "stability_score_thresh"):
-            if f"prior.{key}" in changed and hasattr(pipeline.prior, key):
-                setattr(pipeline.prior, key, getattr(new.prior, key))
+            if f"prior.{key}" in changed and hasattr(prior, key):
+                setattr(prior, key, getattr(new.prior, key))
         self.config_generation += 1
         return self.config_generation
 

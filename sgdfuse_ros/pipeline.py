@@ -121,6 +121,7 @@ class FusionPipeline:
             points_per_batch=config.prior.points_per_batch,
             pred_iou_thresh=config.prior.pred_iou_thresh,
             stability_score_thresh=config.prior.stability_score_thresh,
+            keyframe_interval=config.prior.keyframe_interval,
         )
         refiner = None
         if config.stage2.enabled:

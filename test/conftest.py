@@ -96,3 +96,17 @@ def stage1_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("weights") / "stage1_untrained.pt"
     torch.save(stage1_checkpoint(build_stage1()), path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one CPU thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    The dev machine is 2 shared cores: intra-op threading only adds contention for small image ops.
+    """
+    import torch  # here, not at the top: the ROS tests do not need torch to start
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -28,13 +28,7 @@ PAIRS = Path(__file__).resolve().parents[1] / "samples" / "pairs"
 PAIR_NAMES = sorted(p.name for p in (PAIRS / "ir").iterdir() if p.suffix.lower() in (".png", ".jpg"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The dev machine is 2 shared cores: intra-op threading only adds contention for these small ops.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:

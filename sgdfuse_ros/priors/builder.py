@@ -10,6 +10,7 @@ import torch
 
 from .base import PRIOR_KINDS, SAM_MODEL_TYPES, SemanticPrior
 from .fallback import FallbackPrior
+from .keyframes import KeyframePrior
 
 __all__ = ["build_prior"]
 
@@ -24,6 +25,7 @@ def build_prior(
     points_per_batch: int = 64,
     pred_iou_thresh: float = 0.8,
     stability_score_thresh: float = 0.9,
+    keyframe_interval: int = 1,
     **fallback_opts,
 ) -> SemanticPrior:
     """Build a semantic prior from configuration.
@@ -39,6 +41,9 @@ def build_prior(
             depend on it).
         pred_iou_thresh: keep SAM masks whose predicted IoU is >= this.
         stability_score_thresh: keep SAM masks whose stability score is >= this.
+        keyframe_interval: with SAM, run it every ``keyframe_interval`` frames and propagate its masks
+            by optical flow in between (:class:`~sgdfuse_ros.priors.keyframes.KeyframePrior`);
+            1 = every frame. Ignored by the fallback prior, which always runs on every frame.
         **fallback_opts: options of :class:`~sgdfuse_ros.priors.fallback.FallbackPrior`
             (``work_size``, ``open_radius`` and the :class:`SaliencyParams` fields). The saliency
             fields are also used by the SAM prior to score its segments.
@@ -47,6 +52,9 @@ def build_prior(
             checkpoint, or an unreadable / mismatching checkpoint (the message names the path).
         FileNotFoundError: the checkpoint path does not exist (the message names the path).
     """
+    interval_ok = isinstance(keyframe_interval, int) and not isinstance(keyframe_interval, bool)
+    if not interval_ok or not 1 <= keyframe_interval <= 100:
+        raise ValueError(f"keyframe_interval must be an integer in [1, 100], got {keyframe_interval!r}")
     if not isinstance(kind, str) or kind not in PRIOR_KINDS:
         raise ValueError(f"unknown prior kind {kind!r}; allowed: {list(PRIOR_KINDS)}")
     if sam_model_type not in SAM_MODEL_TYPES:
@@ -60,7 +68,7 @@ def build_prior(
                          "use kind 'fallback' or 'auto' to run without one")
     from .sam import SamPrior  # segment_anything is imported only when a SAM prior is built
 
-    return SamPrior.from_checkpoint(
+    sam = SamPrior.from_checkpoint(
         checkpoint,
         model_type=sam_model_type,
         device=device,
@@ -70,3 +78,4 @@ def build_prior(
         stability_score_thresh=stability_score_thresh,
         **fallback_opts,
     )
+    return sam if keyframe_interval == 1 else KeyframePrior(sam, keyframe_interval)
