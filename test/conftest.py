@@ -96,3 +96,18 @@ def stage1_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("weights") / "stage1_untrained.pt"
     torch.save(stage1_checkpoint(build_stage1()), path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch CPU thread for a test module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    The dev machine is 2 shared cores: for small models intra-op threading only adds contention (the tiny SAM
+    runs several times slower with 2 threads while other processes use the CPU).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,6 +24,8 @@ def build_prior(
     points_per_batch: int = 64,
     pred_iou_thresh: float = 0.8,
     stability_score_thresh: float = 0.9,
+    precision: str = "fp32",
+    compile: bool = False,
     **fallback_opts,
 ) -> SemanticPrior:
     """Build a semantic prior from configuration.
@@ -39,6 +41,9 @@ def build_prior(
             depend on it).
         pred_iou_thresh: keep SAM masks whose predicted IoU is >= this.
         stability_score_thresh: keep SAM masks whose stability score is >= this.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: autocast dtype of the SAM encoder and decoder on
+            CUDA (ignored by the fallback and on the CPU).
+        compile: ``torch.compile`` the SAM image encoder (ignored by the fallback).
         **fallback_opts: options of :class:`~sgdfuse_ros.priors.fallback.FallbackPrior`
             (``work_size``, ``open_radius`` and the :class:`SaliencyParams` fields). The saliency
             fields are also used by the SAM prior to score its segments.
@@ -68,5 +73,7 @@ def build_prior(
         points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh,
         stability_score_thresh=stability_score_thresh,
+        precision=precision,
+        compile=compile,
         **fallback_opts,
     )
