@@ -213,8 +213,14 @@ class DeviceConfig:
     )
     precision: str = _param(
         "fp32",
-        "Network precision on CUDA ('fp16'/'bf16' autocast); the CPU always runs fp32.",
+        "Network precision on CUDA ('fp16'/'bf16' autocast) of Stage I/II and of the SAM prior's encoder and "
+        "decoder (its segment selection stays fp32); the CPU always runs fp32.",
         choices=("fp32", "fp16", "bf16"),
+    )
+    compile: bool = _param(
+        False,
+        "torch.compile the SAM image encoder and Stage I's network. The first frame then takes the compilation "
+        "time (logged once; tens of seconds or more); later frames may run faster.",
     )
     torch_threads: int = _param(
         1,

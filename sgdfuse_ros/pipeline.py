@@ -92,6 +92,12 @@ class FusionPipeline:
         self.config = config
         self.prior = prior
         self.stage1 = stage1.eval()
+        #: what fuse() calls for Stage I: the module, or its torch.compile'd function (compute.compile)
+        self._stage1_fn: Callable[..., torch.Tensor] = self.stage1
+        if config.compute.compile:
+            from .compiled import LoggedCompile
+
+            self._stage1_fn = LoggedCompile(self.stage1, "Stage I")
         self.refiner = refiner
         self.device = torch.device(device)
         self.device_note = ""
@@ -122,6 +128,8 @@ class FusionPipeline:
             pred_iou_thresh=config.prior.pred_iou_thresh,
             stability_score_thresh=config.prior.stability_score_thresh,
             keyframe_interval=config.prior.keyframe_interval,
+            precision=config.compute.precision,
+            compile=config.compute.compile,
         )
         refiner = None
         if config.stage2.enabled:
@@ -212,7 +220,7 @@ class FusionPipeline:
             mask_ir, mask_vis = self.prior.masks(ir, vis)
         with clock("stage1"), self._autocast():
             vis_y, chroma = split_luma_chroma(vis)
-            fused_y = self.stage1(ir, vis_y).float()
+            fused_y = self._stage1_fn(ir, vis_y).float()
             preliminary = merge_luma_chroma(fused_y, chroma)
         fused = preliminary
         if self.refiner is not None:

@@ -318,11 +318,13 @@ def test_sam_grid_prompts_match_automatic_generator(tiny_sam):
     torch.testing.assert_close(iou, iou_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_sam_chunking_does_not_change_the_result(tiny_sam):
+@pytest.mark.parametrize("shared_decoder", [True, False])
+def test_sam_chunking_does_not_change_the_result(tiny_sam, shared_decoder):
     g = torch.Generator().manual_seed(1)
     t, v = torch.rand(2, 1, 40, 64, generator=g), torch.rand(2, 3, 40, 64, generator=g)
     # random weights give logits of ~0.03: a small stability offset makes the selection non-trivial
-    opts = dict(points_per_side=5, pred_iou_thresh=0.0, stability_score_thresh=0.5, stability_score_offset=0.02)
+    opts = dict(points_per_side=5, pred_iou_thresh=0.0, stability_score_thresh=0.5, stability_score_offset=0.02,
+                shared_decoder=shared_decoder)
     counted = []
     handle = tiny_sam.mask_decoder.register_forward_pre_hook(
         lambda mod, args, kwargs: counted.append(kwargs["sparse_prompt_embeddings"].shape[0]), with_kwargs=True
@@ -339,8 +341,12 @@ def test_sam_chunking_does_not_change_the_result(tiny_sam):
         n_big = list(counted)
     finally:
         handle.remove()
-    assert n_small == [7, 7, 7, 4] * 4  # 25 prompts per image in chunks of 7, 4 images
-    assert n_big == [25] * 4
+    if shared_decoder:  # one call per chunk for the 4 images, not through MaskDecoder.forward
+        assert n_small == n_big == []
+        assert small.last_timings["decoder_calls"] == 4 and big.last_timings["decoder_calls"] == 1
+    else:  # stock decoder: one call per chunk and image; 25 prompts per image in chunks of 7
+        assert n_small == [7] * 12 + [4] * 4
+        assert n_big == [25] * 4
     # the thresholds are set so that the selection is not trivial (some kept, some dropped)
     assert small.last_kept == big.last_kept
     assert all(0 < k < 75 for k in small.last_kept), small.last_kept
@@ -395,7 +401,8 @@ def test_sam_merge_with_ideal_segments(tiny_sam):
     visible = torch.full((1, 3, H, W), 0.5) + 0.005 * torch.randn(1, 3, H, W, generator=g)
     visible[..., textured] = torch.rand(1, 3, int(textured.sum()), generator=g)
 
-    prior = SamPrior(tiny_sam, points_per_side=3, points_per_batch=4)
+    # the stand-in replaces the per-image stock decode, used with shared_decoder=False
+    prior = SamPrior(tiny_sam, points_per_side=3, points_per_batch=4, shared_decoder=False)
     nh, nw = prior.input_size(H, W)
     S, L = prior.img_size, tiny_sam.prompt_encoder.mask_input_size[0]
 
@@ -430,7 +437,7 @@ def test_sam_profile_timings(tiny_sam):
     prior.profile = True
     prior.masks(torch.rand(1, 1, 30, 40), torch.rand(1, 3, 30, 40))
     tm = prior.last_timings
-    assert tm["decoder_calls"] == 2 * math.ceil(16 / 5)
+    assert tm["decoder_calls"] == math.ceil(16 / 5)  # one call per chunk for both images
     assert all(tm[k] >= 0 for k in ("preprocess", "encoder", "decoder", "merge", "upsample", "total"))
     assert prior.last_kept == [48, 48]
 

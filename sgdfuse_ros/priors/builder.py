@@ -26,6 +26,8 @@ def build_prior(
     pred_iou_thresh: float = 0.8,
     stability_score_thresh: float = 0.9,
     keyframe_interval: int = 1,
+    precision: str = "fp32",
+    compile: bool = False,
     **fallback_opts,
 ) -> SemanticPrior:
     """Build a semantic prior from configuration.
@@ -44,6 +46,9 @@ def build_prior(
         keyframe_interval: with SAM, run it every ``keyframe_interval`` frames and propagate its masks
             by optical flow in between (:class:`~sgdfuse_ros.priors.keyframes.KeyframePrior`);
             1 = every frame. Ignored by the fallback prior, which always runs on every frame.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: autocast dtype of the SAM encoder and decoder on
+            CUDA (ignored by the fallback and on the CPU).
+        compile: ``torch.compile`` the SAM image encoder (ignored by the fallback).
         **fallback_opts: options of :class:`~sgdfuse_ros.priors.fallback.FallbackPrior`
             (``work_size``, ``open_radius`` and the :class:`SaliencyParams` fields). The saliency
             fields are also used by the SAM prior to score its segments.
@@ -76,6 +81,8 @@ def build_prior(
         points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh,
         stability_score_thresh=stability_score_thresh,
+        precision=precision,
+        compile=compile,
         **fallback_opts,
     )
     return sam if keyframe_interval == 1 else KeyframePrior(sam, keyframe_interval)

@@ -6,11 +6,17 @@ Per frame (``SamPrior.masks``), with everything on ``self.device`` and no host s
    exactly like ``SamPredictor`` / ``ResizeLongestSide`` (resize the longest side to
    ``image_encoder.img_size``, normalise with the model's ``pixel_mean`` / ``pixel_std``, zero-pad
    to a square) and go through the image encoder in ONE batch ``[2N, 3, S, S]``.
+   The encoder's attention runs through ``scaled_dot_product_attention`` (``sdpa=True``,
+   :func:`.sam_speed.use_sdpa`), optionally compiled (``compile=True``).
 2. **Decode.** A regular grid of ``points_per_side**2`` single-point prompts (the automatic mask
-   generator's grid, ``segment_anything.utils.amg.build_point_grid``) is decoded per image in chunks of
-   ``points_per_batch`` prompts (the stock decoder copies the image embedding once per prompt, so
-   the chunk size bounds memory), ``multimask_output=True`` -> 3 candidate masks per point, as
-   low-resolution logits (256x256 for the official models) cropped to the un-padded area.
+   generator's grid, ``segment_anything.utils.amg.build_point_grid``) is decoded in chunks of
+   ``points_per_batch`` prompts, each chunk in ONE call for all 2N images with the image-side work
+   shared by the prompts (:func:`.sam_speed.decode_shared`; ``shared_decoder=False``: the stock
+   decoder, one image per call). Memory per call grows with 2N x ``points_per_batch`` (the image
+   tokens become per-prompt in the first decoder block). ``multimask_output=True`` -> 3 candidate
+   masks per point, as low-resolution logits (256x256 for the official models) cropped to the
+   un-padded area. With ``precision`` fp16/bf16 on CUDA, encoder and decoder run under
+   ``torch.autocast``; selection and merge run in fp32 on the logits cast to float.
 3. **Select.** A candidate is kept when its predicted IoU >= ``pred_iou_thresh`` and its stability
    score (IoU of the logits thresholded at +/- ``stability_score_offset``, computed on the
    low-resolution logits with ``segment_anything.utils.amg.calculate_stability_score``) >=
@@ -40,6 +46,7 @@ per image on an H100); :meth:`SamPrior.masks_offline_amg` offers it for offline 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -53,6 +60,10 @@ from torch import Tensor
 
 from .base import SAM_MODEL_TYPES, SemanticPrior
 from .fallback import FallbackPrior, SaliencyParams, ir_score_map, soft_threshold, vis_score_map
+from .sam_speed import decode_shared, use_sdpa
+
+#: ``precision`` option -> autocast dtype (None: fp32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 __all__ = [
     "SamPrior",
@@ -255,6 +266,18 @@ class SamPrior(SemanticPrior):
         empty_fallback: use the fallback per-pixel mask for an image with no kept segment.
         work_size, open_radius: options of the fallback prior (accepted so one configuration
             serves both priors; ``work_size`` is unused here since scoring happens on the low-res grid).
+        sdpa: encoder attention through ``scaled_dot_product_attention`` (:func:`.sam_speed.use_sdpa`;
+            changes ``model.image_encoder``'s attention blocks in place; same results).
+        shared_decoder: decode each chunk for all images in one call with the image-side work shared
+            (:func:`.sam_speed.decode_shared`; same results); False: stock decoder, one image per call.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``: on CUDA, encoder and decoder run under
+            ``torch.autocast`` with that dtype (selection and merge stay fp32).
+        cpu_autocast: also autocast on the CPU (bf16 only; a stand-in for validating ``precision``
+            without a GPU, not faster on most CPUs).
+        compile: ``torch.compile`` the image encoder (the first call's time is logged once).
+        compile_options: extra ``torch.compile`` options (e.g. ``{"backend": "eager"}`` in tests).
+        keep_segments: record ``last_segments`` (kept segments per image; costs a copy and a host
+            sync per image, so off by default).
         **params: :class:`SaliencyParams` overrides (score maps, thresholds, softness).
 
     Attributes:
@@ -262,13 +285,18 @@ class SamPrior(SemanticPrior):
             (seconds: ``preprocess``, ``encoder``, ``decoder``, ``merge``, ``upsample``,
             ``total``; ``decoder_calls``) and ``last_kept`` (kept segments per encoded image, VIS
             images first). Off by default: timing needs host/device synchronisation.
+        last_segments: with ``keep_segments``, after each ``masks`` call: one bool tensor
+            [K_i, hl, wl] per encoded image (VIS images first, then IR) holding the kept segments
+            (logits > mask threshold) at the decoder's low resolution, cropped to the image area.
     """
 
     def __init__(self, model: Sam, *, name: str = "sam:custom", device: str | torch.device = "cpu",
                  points_per_side: int = 16, points_per_batch: int = 64, pred_iou_thresh: float = 0.8,
                  stability_score_thresh: float = 0.9, stability_score_offset: float = 1.0,
                  large_segment_frac: float = 0.6, empty_fallback: bool = True, work_size: int = 320,
-                 open_radius: int = 1, **params: float) -> None:
+                 open_radius: int = 1, sdpa: bool = True, shared_decoder: bool = True, precision: str = "fp32",
+                 cpu_autocast: bool = False, compile: bool = False, compile_options: dict | None = None,
+                 keep_segments: bool = False, **params: float) -> None:
         if int(points_per_side) < 1:
             raise ValueError(f"points_per_side must be >= 1, got {points_per_side!r}")
         if int(points_per_batch) < 1:
@@ -277,6 +305,8 @@ class SamPrior(SemanticPrior):
             raise ValueError(f"large_segment_frac must be in (0, 1], got {large_segment_frac!r}")
         if float(stability_score_offset) <= 0:
             raise ValueError(f"stability_score_offset must be > 0, got {stability_score_offset!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {list(PRECISIONS)}")
         # Validates the option names / values the same way the fallback does.
         self._fallback = FallbackPrior(device, work_size=work_size, open_radius=open_radius, **params)
         self.params: SaliencyParams = self._fallback.params
@@ -291,9 +321,20 @@ class SamPrior(SemanticPrior):
         self.large_segment_frac = float(large_segment_frac)
         self.empty_fallback = bool(empty_fallback)
         self.img_size = int(model.image_encoder.img_size)
+        self.shared_decoder = bool(shared_decoder)
+        self.precision = precision
+        self.cpu_autocast = bool(cpu_autocast)
+        self.keep_segments = bool(keep_segments)
+        use_sdpa(self.model.image_encoder, bool(sdpa))
+        self._encoder: Callable[[Tensor], Tensor] = self.model.image_encoder
+        if compile:
+            from ..compiled import LoggedCompile
+
+            self._encoder = LoggedCompile(self.model.image_encoder, "SAM image encoder", **(compile_options or {}))
         self.profile = False
         self.last_timings: dict[str, float] = {}
         self.last_kept: list[int] = []
+        self.last_segments: list[Tensor] = []
         self._prompt_cache: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
 
     def to(self, device: str | torch.device) -> SamPrior:
@@ -369,6 +410,32 @@ class SamPrior(SemanticPrior):
             multimask_output=True,
         )
 
+    def _autocast(self) -> torch.autocast:
+        """Autocast context for encoder and decoder per ``precision`` (disabled for fp32 / off-CUDA)."""
+        dtype = PRECISIONS[self.precision]
+        kind = self.device.type
+        enabled = dtype is not None and (kind == "cuda" or (kind == "cpu" and self.cpu_autocast))
+        return torch.autocast(device_type=kind, dtype=dtype or torch.float32, enabled=enabled)
+
+    def decode_chunk(self, emb: Tensor, sparse: Tensor, dense: Tensor, image_pe: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Decode one chunk of prompts for every image.
+
+        Args:
+            emb: [B, C, h, w] image embeddings; sparse: [P, 2, C]; dense, image_pe: [1, C, h, w].
+        Returns:
+            (logits [B, P, 3, L, L], iou [B, P, 3], both float32; decoder calls made).
+        """
+        b, p = emb.shape[0], sparse.shape[0]
+        with self._autocast():
+            if self.shared_decoder:
+                logits, iou = decode_shared(self.model.mask_decoder, emb, image_pe, sparse, dense, True)
+                calls = 1
+            else:
+                outs = [self.decode(emb[i:i + 1], sparse, dense, image_pe) for i in range(b)]
+                logits, iou = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+                calls = b
+        return logits.float().unflatten(0, (b, p)), iou.float().unflatten(0, (b, p)), calls
+
     def _sync(self) -> None:
         if self.profile and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -388,7 +455,8 @@ class SamPrior(SemanticPrior):
         x = self.preprocess(torch.cat([visible_rgb, thermal.expand(-1, 3, -1, -1)], dim=0))
         self._sync()
         t1 = time.perf_counter()
-        emb = self.model.image_encoder(x)
+        with self._autocast():
+            emb = self._encoder(x)
         self._sync()
         t2 = time.perf_counter()
         times["preprocess"], times["encoder"] = t1 - t0, t2 - t1
@@ -405,42 +473,47 @@ class SamPrior(SemanticPrior):
         score_maps = torch.cat([vis_score_map(vis_small, p), ir_score_map(ir_small, p)], dim=0)[:, 0]  # [2N,hl,wl]
         thresholds = [p.vis_threshold] * n + [p.ir_threshold] * n
 
-        merged = []
-        kept_counts = []
+        b_all = 2 * n
+        acc = score_maps.new_zeros((b_all, hl, wl))
+        kept = torch.zeros(b_all, dtype=torch.long, device=self.device)
+        candidates: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(b_all)]
         calls = 0
-        for b in range(2 * n):
-            acc = score_maps.new_zeros((hl, wl))
-            kept = torch.zeros((), dtype=torch.long, device=self.device)
-            for start in range(0, sparse.shape[0], self.points_per_batch):
-                ta = time.perf_counter()
-                logits, iou = self.decode(emb[b:b + 1], sparse[start:start + self.points_per_batch], dense, image_pe)
-                calls += 1
-                self._sync()
-                tb = time.perf_counter()
-                logits = logits[:, :, :hl, :wl].flatten(0, 1)
+        for start in range(0, sparse.shape[0], self.points_per_batch):
+            ta = time.perf_counter()
+            logits, iou, used = self.decode_chunk(emb, sparse[start:start + self.points_per_batch], dense, image_pe)
+            calls += used
+            self._sync()
+            tb = time.perf_counter()
+            logits = logits[..., :hl, :wl].flatten(1, 2)  # [B, P*3, hl, wl]
+            iou = iou.flatten(1)  # [B, P*3]
+            for b in range(b_all):
                 keep = select_segments(
-                    logits, iou.flatten(), pred_iou_thresh=self.pred_iou_thresh,
+                    logits[b], iou[b], pred_iou_thresh=self.pred_iou_thresh,
                     stability_score_thresh=self.stability_score_thresh,
                     stability_score_offset=self.stability_score_offset,
                     mask_threshold=self.model.mask_threshold,
                 )
-                segs = (logits > self.model.mask_threshold).to(acc.dtype)
+                binary = logits[b] > self.model.mask_threshold
+                segs = binary.to(acc.dtype)
                 scores = segment_scores(segs, score_maps[b])
                 part = compose_segments(segs, scores, threshold=thresholds[b], softness=p.softness,
                                         large_segment_frac=self.large_segment_frac, keep=keep)
-                acc = torch.maximum(acc, part)
-                kept = kept + keep.sum()
-                self._sync()
-                times["decoder"] += tb - ta
-                times["merge"] += time.perf_counter() - tb
-            if self.empty_fallback:
-                # Branch-free (no host sync): the fallback's per-pixel soft mask when nothing was kept.
-                acc = torch.where(kept > 0, acc, soft_threshold(score_maps[b], thresholds[b], p.softness))
-            merged.append(acc)
-            kept_counts.append(kept)
+                acc[b] = torch.maximum(acc[b], part)
+                kept[b] += keep.sum()
+                if self.keep_segments:
+                    candidates[b].append((binary, keep))
+            self._sync()
+            times["decoder"] += tb - ta
+            times["merge"] += time.perf_counter() - tb
+        if self.empty_fallback:
+            # Branch-free (no host sync): the fallback's per-pixel soft mask where nothing was kept.
+            fallback = torch.stack([soft_threshold(score_maps[b], thresholds[b], p.softness) for b in range(b_all)])
+            acc = torch.where((kept > 0)[:, None, None], acc, fallback)
+        if self.keep_segments:
+            self.last_segments = [torch.cat([c[0] for c in cs])[torch.cat([c[1] for c in cs])] for cs in candidates]
 
         ts = time.perf_counter()
-        m = torch.stack(merged, dim=0)[:, None]  # [2N,1,hl,wl]
+        m = acc[:, None]  # [2N,1,hl,wl]
         m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
         self._sync()
         times["upsample"] = time.perf_counter() - ts
@@ -448,7 +521,7 @@ class SamPrior(SemanticPrior):
             times["total"] = time.perf_counter() - t0
             times["decoder_calls"] = float(calls)
             self.last_timings = times
-            self.last_kept = [int(k) for k in kept_counts]
+            self.last_kept = [int(k) for k in kept]
         return m[n:].contiguous(), m[:n].contiguous()
 
     # ---- offline helper -----------------------------------------------------------------------

@@ -505,10 +505,11 @@ def run(
 
     0 after SIGINT (Ctrl-C, ``ros2 launch``'s shutdown), SIGTERM or the lifecycle ``shutdown`` transition;
     1 when the node cannot start; :data:`EXIT_CUDA_FAULT` after a sticky CUDA error. rclpy's own signal
-    handlers are replaced by ones that only request the stop, and the teardown ignores further signals:
-    ``ros2 launch`` sends SIGINT to the process group and then its own SIGINT, and a KeyboardInterrupt raised
-    inside the worker's join or a publisher's destruction would leave a traceback (or an abort) instead of
-    a clean exit.
+    handlers are replaced by ones that only request the stop, and from the teardown on SIGINT and SIGTERM
+    stay ignored, also after this returns (the process is about to exit): ``ros2 launch`` sends SIGINT to
+    the process group and then its own SIGINT, and a KeyboardInterrupt raised inside the worker's join, a
+    publisher's destruction or the interpreter's exit would leave a traceback or a death by signal (status
+    -2) instead of a clean exit.
     """
     stop = threading.Event()
     received: list[int] = []
@@ -518,7 +519,8 @@ def run(
         stop.set()
 
     handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, request_stop) for sig in handled}
+    for sig in handled:
+        signal.signal(sig, request_stop)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         try:
@@ -542,9 +544,9 @@ def run(
         node.destroy_node()
         return node.exit_code
     finally:
+        for sig in handled:  # also on the start-up error path: the process exits next
+            signal.signal(sig, signal.SIG_IGN)
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(args: Sequence[str] | None = None) -> None:
