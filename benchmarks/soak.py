@@ -18,25 +18,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ROOT / "samples" / "pairs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/harness.py, also when loaded by a test
 
-
-def rss_mb() -> float:
-    """Resident set size of this process in MB (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+from harness import rss_mb, summary  # noqa: E402
 
 
 def _ensure_message_filters() -> str:
@@ -136,7 +128,7 @@ def run_soak(
             latencies.append((done - sent_at) * 1000.0)
             if i % report_every == 0 or i == pairs:
                 rss.append((i, round(rss_mb(), 1)))
-                log({"pairs": i, "rss_mb": rss[-1][1], "p50_ms": round(float(np.percentile(latencies, 50)), 2)})
+                log({"pairs": i, "rss_mb": rss[-1][1], "p50_ms": summary(latencies)["p50"]})
         counts = node.counters()
     finally:
         for executor in executors:
@@ -154,12 +146,7 @@ def run_soak(
         "unpaired_thermal": counts["unpaired_thermal"],
         "unpaired_rgb": counts["unpaired_rgb"],
         "accounted": counts["fused"] + sum(dropped.values()) == pairs,
-        "latency_ms": {
-            "p50": round(float(np.percentile(latencies, 50)), 2),
-            "p99": round(float(np.percentile(latencies, 99)), 2),
-            "max": round(max(latencies), 2),
-            "mean": round(statistics.fmean(latencies), 2),
-        },
+        "latency_ms": summary(latencies),
         "rss_mb": rss,
         "rss_growth_mb": round(rss[-1][1] - rss[0][1], 1),
     }

@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,95 +34,39 @@ def _spin() -> None:
 def measure(threads: int, seconds: float, rate: float, size: tuple[int, int]) -> dict:
     """One configuration in this process (call in a fresh process: the thread pool is set once)."""
     import cv2
-    import numpy as np
     import torch
+    from harness import image_msg, run_camera, summary
 
-    from sgdfuse_ros import bags
     from sgdfuse_ros.config import FuseConfig
     from sgdfuse_ros.frame_core import FrameCore
     from sgdfuse_ros.pipeline import FusionPipeline
-    from sgdfuse_ros.sync import RGB, THERMAL, PairAccounting
+    from sgdfuse_ros.sync import PairAccounting
 
     config = FuseConfig().updated({"compute.torch_threads": threads})
     pipeline = FusionPipeline.from_config(config)  # sets the thread count when threads > 0
-    accounting = PairAccounting(0.05, 10)
-    core = FrameCore(pipeline, accounting)
-    store = bags.typestore()
+    core = FrameCore(pipeline, PairAccounting(0.05, 10))
     pairs = ROOT / "samples" / "pairs"
     ir = cv2.resize(cv2.imread(str(pairs / "ir" / PAIR[0]), cv2.IMREAD_GRAYSCALE), size)
     vi = cv2.resize(cv2.imread(str(pairs / "vi" / PAIR[1]), cv2.IMREAD_COLOR), size)[:, :, ::-1]
-    core.process(*_pair(bags, store, ir, vi, 0), received=time.monotonic())  # warm-up, not counted
-    accounting = core.accounting = PairAccounting(0.05, 10)
 
-    lock, ready = threading.Lock(), threading.Condition()
-    slot: list = []
-    stop = threading.Event()
-    offered = superseded = 0
-    frame_ms: list[float] = []
+    def make_pair(stamp: int) -> tuple:
+        return image_msg(ir, "mono8", stamp, "thermal"), image_msg(vi, "rgb8", stamp, "rgb_camera")
 
-    def produce() -> None:
-        nonlocal offered, superseded
-        start = time.monotonic()
-        k = 0
-        while not stop.is_set():
-            k += 1
-            stamp = k * 10**9 // int(rate)
-            thermal, rgb = _pair(bags, store, ir, vi, stamp)
-            accounting.on_message(THERMAL, stamp)
-            accounting.on_message(RGB, stamp)
-            accounting.on_pair(stamp, stamp)
-            with ready:
-                if slot:
-                    superseded += 1
-                    accounting.on_dropped("superseded")
-                slot[:] = [(thermal, rgb, time.monotonic())]
-                offered += 1
-                ready.notify()
-            time.sleep(max(0.0, start + k / rate - time.monotonic()))
-
-    def work() -> None:
-        while not stop.is_set():
-            with ready:
-                if not slot:
-                    ready.wait(0.2)
-                if not slot:
-                    continue
-                thermal, rgb, received = slot.pop()
-            started = time.perf_counter()
-            outcome = core.process(thermal, rgb, received)
-            if outcome.result is not None:
-                core.complete(outcome)
-                with lock:
-                    frame_ms.append((time.perf_counter() - started) * 1000.0)
-
-    workers = [threading.Thread(target=produce), threading.Thread(target=work)]
-    begin = time.monotonic()
-    for thread in workers:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in workers:
-        thread.join()
-    elapsed = time.monotonic() - begin
-    p50, p99 = np.percentile(frame_ms, [50, 99]) if frame_ms else (float("nan"), float("nan"))
+    core.process(*make_pair(0), received=time.monotonic())  # warm-up, not counted
+    core.accounting = PairAccounting(0.05, 10)
+    run = run_camera(core, make_pair, rate, seconds=seconds)
+    frame = summary(run.frame_ms, digits=1)
     return {
         "torch_threads": threads,
         "threads_in_use": torch.get_num_threads(),
         "size": f"{size[0]}x{size[1]}",
-        "offered_hz": round(offered / elapsed, 2),
-        "fused_hz": round(len(frame_ms) / elapsed, 2),
-        "superseded": superseded,
-        "frame_ms_p50": round(float(p50), 1),
-        "frame_ms_p99": round(float(p99), 1),
-        "frame_ms_max": round(max(frame_ms), 1) if frame_ms else None,
+        "offered_hz": round(run.offered / run.elapsed_s, 2),
+        "fused_hz": round(run.fused / run.elapsed_s, 2),
+        "superseded": run.superseded,
+        "frame_ms_p50": frame["p50"],
+        "frame_ms_p99": frame["p99"],
+        "frame_ms_max": frame["max"],
     }
-
-
-def _pair(bags, store, ir, vi, stamp: int):
-    return (
-        bags.image_message(store, ir, "mono8", stamp, "thermal"),
-        bags.image_message(store, vi.copy(), "rgb8", stamp, "rgb_camera"),
-    )
 
 
 def main() -> int:

@@ -65,7 +65,9 @@ def _fuse_command(args: argparse.Namespace) -> int:
     for stem, ir_path, vi_path, out_path in jobs:
         thermal, thermal_encoding = read_thermal(ir_path)
         visible, visible_encoding = read_visible(vi_path)
-        result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding)
+        result = pipeline.fuse(
+            thermal, visible, thermal_encoding, visible_encoding, keep_preliminary=args.save_intermediate
+        )
         _write_rgb(out_path, result.fused)
         if args.save_intermediate:
             stem_dir = out_path.parent

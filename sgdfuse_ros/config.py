@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 __all__ = [
     "parse_overrides",
     "ConfigError",
@@ -179,7 +177,7 @@ class Stage2Settings:
     enabled: bool = _param(
         False,
         "Refine F1 with the Stage II diffusion model: 'steps' network evaluations per frame (each roughly 0.26 s "
-        "at 640x480 on 2 CPU threads; benchmarks/stage2_latency.py measures your hardware). Off: the output is F1.",
+        "at 640x480 on 2 CPU threads; benchmarks/performance.py measures your hardware). Off: the output is F1.",
     )
     weights: str = _param("", "Stage II weights file; empty = the weights shipped with the package.")
     steps: int = _param(4, "Deterministic DDIM steps (network evaluations) per frame.", minimum=1, maximum=50)
@@ -192,8 +190,8 @@ class Stage2Settings:
     )
     seed: int = _param(
         0,
-        "Seed of the start noise, re-seeded for every frame: the same input always gives the same output "
-        "(no flicker).",
+        "Seed of the start noise, drawn once per image size and reused for every frame: the same input always "
+        "gives the same output (no flicker).",
         minimum=0,
         maximum=2147483647,
     )
@@ -502,6 +500,8 @@ def ros_parameters_from_yaml(path: str | Path) -> dict[str, Any]:
     Parameters under every node key are merged in file order (later keys win), which is what a
     node launched with this file sees when its name matches all of them.
     """
+    import yaml  # here, not at the top: the library (and benchmarks/performance.py) runs without PyYAML
+
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
@@ -541,6 +541,8 @@ def default_config_path() -> Path:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, object]:
     """["section.key=value", ...] -> {"section.key": value} with YAML typing of the values."""
+    import yaml
+
     overrides: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -553,6 +555,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
 def render_parameter_yaml() -> str:
     """config/fuse.yaml: every parameter with its default, description, allowed values and run-time status."""
     import textwrap
+
+    import yaml
 
     lines = [
         "# sgdfuse_ros parameters (ROS 2 parameter file; also read by the library and the CLI).",
@@ -578,6 +582,8 @@ def render_parameter_yaml() -> str:
 
 def render_parameter_table() -> str:
     """Markdown table of every parameter (README): name, default, allowed values, run-time status, meaning."""
+    import yaml
+
     rows = ["| parameter | default | allowed | run time | meaning |", "|---|---|---|---|---|"]
     for spec in parameter_specs():
         default = yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix("...").strip()

@@ -149,6 +149,8 @@ class FrameCore:
         accounting: the counters shared with the pairing side (received / paired / unpaired are counted
             there; this core counts fused and dropped).
         clock: monotonic seconds (tests inject one).
+        keep_preliminary: also bring Stage I's F1 back to the host (``FusionResult.preliminary``), for an
+            adapter that publishes or writes it (the node with ``node.publish_preliminary``); off, it stays None.
     Thread safety: :meth:`process`, :meth:`complete` and :meth:`reconfigure` belong to one thread (the
     node's worker); :meth:`drop` and :meth:`health` may be called from any thread.
     """
@@ -159,9 +161,11 @@ class FrameCore:
         accounting: PairAccounting,
         *,
         clock: Callable[[], float] = time.monotonic,
+        keep_preliminary: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.accounting = accounting
+        self.keep_preliminary = bool(keep_preliminary)
         self.config_generation = 0
         self._clock = clock
         self._faults = FaultState(device_note=pipeline.device_note)
@@ -210,7 +214,9 @@ class FrameCore:
             thermal, thermal_encoding = thermal_to_array(thermal_msg, limit)
             rgb, rgb_encoding = rgb_to_array(rgb_msg, limit)
             outcome.inputs = (thermal, thermal_encoding, rgb, rgb_encoding)
-            outcome.result = self.pipeline.fuse(thermal, rgb, thermal_encoding, rgb_encoding)
+            outcome.result = self.pipeline.fuse(
+                thermal, rgb, thermal_encoding, rgb_encoding, keep_preliminary=self.keep_preliminary
+            )
         except InvalidImageError as error:
             return self._dropped(outcome, error.reason, str(error), "warning")
         except torch.cuda.OutOfMemoryError as error:

@@ -3,7 +3,8 @@
 Data flows one way: preprocess (scale thermal, decode RGB, register thermal onto the RGB grid)
 -> semantic prior (M_ir, M_vis) -> Stage I (preliminary fused luminance, recombined with the
 visible chrominance into F1) -> optional refiner (Stage II slot) -> uint8 outputs. Everything
-after preprocessing stays on the configured device; one uint8 copy of each output comes back.
+after preprocessing stays on the configured device; one uint8 copy of each output comes back, and F1
+only when the caller asks for it (``keep_preliminary``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class FusionResult:
     """Outputs of one fused pair; all images on the RGB camera's grid (H, W)."""
 
     fused: np.ndarray  #: uint8 [H, W, 3] RGB, the final fused image
-    preliminary: np.ndarray  #: uint8 [H, W, 3] RGB, Stage I's F1
+    #: uint8 [H, W, 3] RGB, Stage I's F1; None unless ``fuse(..., keep_preliminary=True)`` asked for it.
+    preliminary: np.ndarray | None
     mask_ir: np.ndarray  #: uint8 [H, W], 0-255 soft mask of salient thermal regions
     mask_vis: np.ndarray  #: uint8 [H, W], 0-255 soft mask of salient visible regions
     timings_ms: dict[str, float] = field(default_factory=dict)  #: per-stage wall time, plus "total"
@@ -199,12 +201,15 @@ class FusionPipeline:
         rgb: np.ndarray,
         thermal_encoding: str = "mono8",
         rgb_encoding: str = "rgb8",
+        keep_preliminary: bool = False,
     ) -> FusionResult:
         """Fuse one pair.
 
         Args:
             thermal: raw thermal [h, w] (uint8 mono8/8UC1, uint16 mono16/16UC1, float32 32FC1).
             rgb: visible uint8 [H, W, 3|4] or [H, W] per ``rgb_encoding`` (rgb8, bgr8, rgba8, bgra8, mono8).
+            keep_preliminary: also copy Stage I's F1 back to the host (``FusionResult.preliminary``); off by
+                default, so a frame pays for one device-to-host image copy fewer when nobody reads F1.
         Returns:
             FusionResult on the RGB grid [H, W] with timings in milliseconds.
         Raises:
@@ -227,10 +232,15 @@ class FusionPipeline:
             with clock("stage2"), self._autocast():
                 fused = self.refiner.refine(preliminary, mask_ir, mask_vis, ir, vis_y).float()
         with clock("postprocess"):
-            outputs = _to_uint8(fused), _to_uint8(preliminary), _to_uint8(mask_ir), _to_uint8(mask_vis)
+            fused_u8 = _to_uint8(fused)
+            preliminary_u8 = None
+            if keep_preliminary:
+                # Without Stage II the fused image is F1: a host copy instead of a second device transfer.
+                preliminary_u8 = fused_u8.copy() if fused is preliminary else _to_uint8(preliminary)
+            masks = _to_uint8(mask_ir), _to_uint8(mask_vis)
         timings["total"] = sum(timings.values())
         return FusionResult(
-            fused=outputs[0], preliminary=outputs[1], mask_ir=outputs[2], mask_vis=outputs[3], timings_ms=timings
+            fused=fused_u8, preliminary=preliminary_u8, mask_ir=masks[0], mask_vis=masks[1], timings_ms=timings
         )
 
     def _autocast(self) -> torch.autocast:

@@ -35,7 +35,7 @@ def load_pair(stem: str):
 
 def test_outputs_live_on_the_rgb_grid_and_timings_are_reported(pipeline):
     thermal, visible, te, ve = load_pair("FLIR_04598")
-    result = pipeline.fuse(thermal, visible, te, ve)
+    result = pipeline.fuse(thermal, visible, te, ve, keep_preliminary=True)
     height, width = visible.shape[:2]
     assert result.fused.shape == (height, width, 3) and result.fused.dtype == np.uint8
     assert result.preliminary.shape == (height, width, 3)
@@ -144,7 +144,7 @@ def test_shipped_stage1_beats_the_pixel_average_on_held_out_pairs(pipeline):
     ours, average = [], []
     for stem in HELD_OUT:
         thermal, visible, te, ve = load_pair(stem)
-        result = pipeline.fuse(thermal, visible, te, ve)
+        result = pipeline.fuse(thermal, visible, te, ve, keep_preliminary=True)
         grey_vis = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)
         mean_image = np.round((thermal.astype(float) + grey_vis.astype(float)) / 2.0).astype(np.uint8)
         fused_bgr = cv2.cvtColor(result.preliminary, cv2.COLOR_RGB2BGR)

@@ -488,7 +488,7 @@ def test_pipeline_builds_the_refiner_from_the_configuration(tmp_path):
     assert pipeline.refiner.sampler.timesteps == [299, 149]
     thermal = cv2.imread(str(PAIRS / "ir" / "FLIR_08835.jpg"), cv2.IMREAD_GRAYSCALE)
     visible = cv2.imread(str(PAIRS / "vi" / "FLIR_08835.jpg"), cv2.IMREAD_COLOR)
-    result = pipeline.fuse(thermal, visible, "mono8", "bgr8")
+    result = pipeline.fuse(thermal, visible, "mono8", "bgr8", keep_preliminary=True)
     assert "stage2" in result.timings_ms
     assert np.abs(result.fused.astype(int) - result.preliminary.astype(int)).max() <= 1
     assert FusionPipeline.from_config(FuseConfig()).refiner is None  # disabled by default

@@ -282,7 +282,8 @@ def run_evaluation(
         for index, (stem, ir_path, vi_path) in enumerate(pairs, 1):
             thermal, thermal_encoding = read_thermal(ir_path)
             visible, visible_encoding = read_visible(vi_path)
-            result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding)
+            # F1 is scored (OURS_F1), written (images/f1) and shown on the contact sheet.
+            result = pipeline.fuse(thermal, visible, thermal_encoding, visible_encoding, keep_preliminary=True)
             timing = dict(result.timings_ms)
             t_fused = time.perf_counter()
 

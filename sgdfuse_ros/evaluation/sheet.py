@@ -96,7 +96,7 @@ def build_rows(pipeline: Any, data_root: str | Path, pairs: Sequence[SheetPair])
         ir_path, vi_path = found[pair.stem]
         ir = cv2.imread(str(ir_path), cv2.IMREAD_GRAYSCALE)
         vis = cv2.imread(str(vi_path), cv2.IMREAD_COLOR)[..., ::-1].copy()
-        result = pipeline.fuse(ir, vis, "mono8", "rgb8")
+        result = pipeline.fuse(ir, vis, "mono8", "rgb8", keep_preliminary=True)
         peer = None
         if pair.peer:
             peer_file = find_peers(root / ds.peers, [pair.stem]).get(pair.peer, {}).get(pair.stem)

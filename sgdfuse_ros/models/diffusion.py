@@ -12,18 +12,22 @@ the DDIM update with eta = 0 re-noises that prediction deterministically to the 
     x_prev  = sqrt(abar_prev) * x0_hat + sqrt(1 - abar_prev) * eps_hat
 
 Sampling starts from a noised F1 (``strength`` in (0, 1] picks the start timestep) instead of pure noise, and
-the output is the ``x0_hat`` of the last network call. All randomness comes from a ``torch.Generator`` seeded
-per call, so the same frame always gives the same output (no flicker in a video).
+the output is the ``x0_hat`` of the last network call. All randomness comes from a CPU ``torch.Generator``
+seeded with the configured seed, so the same frame always gives the same output (no flicker in a video); since
+that noise depends only on (shape, seed, device), the sampler draws it once and reuses it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..tensor_cache import cached_constant
 
 __all__ = [
     "DDIMSampler",
@@ -152,6 +156,16 @@ def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device | str, 
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
+#: Start-noise tensors a sampler keeps (one per (shape, seed, device); a camera needs one, a dataset a few sizes).
+NOISE_CACHE_SIZE = 4
+
+
+@cached_constant(maxsize=32)
+def _timestep_batch(t: int, n: int, device: torch.device) -> Tensor:
+    """[n] long tensor filled with ``t`` on ``device`` (one per sampler step, made once)."""
+    return torch.full((n,), t, dtype=torch.long, device=device)
+
+
 #: ``predict_x0(x_t, t) -> x0_hat``: x_t [N,C,H,W], t [N] long -> [N,C,H,W] in [-1, 1].
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
@@ -161,6 +175,9 @@ class DDIMSampler:
 
     ``sample(predict_x0, x_start, seed)`` noises ``x_start`` (e.g. F1 in [-1, 1]) to the start timestep with
     noise from a generator seeded with ``seed``, runs ``steps`` network calls and returns the last x0 estimate.
+    The start noise (already scaled by sqrt(1 - abar) of the start timestep) is drawn once per (shape, seed,
+    device) from the seeded CPU generator, exactly as :func:`seeded_noise`, and reused: bit-identical outputs,
+    no per-frame generator run and host-to-device copy.
     """
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 4, strength: float = 0.5) -> None:
@@ -169,19 +186,40 @@ class DDIMSampler:
         self._abar = [float(a) for a in schedule.alphas_cumprod]
         self.steps = steps
         self.strength = strength
+        self._noise: OrderedDict[tuple[tuple[int, ...], int, torch.device], Tensor] = OrderedDict()
+
+    def start_noise(self, shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
+        """sqrt(1 - abar_start) * seeded_noise(shape, seed, device) (float32), made once per key and cached.
+
+        Shared between calls: do not modify it in place.
+        """
+        key = (tuple(int(v) for v in shape), int(seed), torch.device(device))
+        noise = self._noise.get(key)
+        if noise is None:
+            with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, usable in any mode
+                t0 = self.timesteps[0]
+                noise = (1.0 - self._abar[t0]) ** 0.5 * seeded_noise(key[0], key[1], key[2], torch.float32)
+            self._noise[key] = noise
+            while len(self._noise) > NOISE_CACHE_SIZE:
+                self._noise.popitem(last=False)
+        else:
+            self._noise.move_to_end(key)
+        return noise
+
+    def clear_cache(self) -> None:
+        """Drop the cached start noise (e.g. after moving to another device)."""
+        self._noise.clear()
 
     def sample(self, predict_x0: X0Predictor, x_start: Tensor, seed: int = 0) -> Tensor:
         """x_start [N,C,H,W] in [-1, 1] -> final x0 estimate [N,C,H,W] (float32, the predictor's range)."""
         x_start = x_start.float()
         n = x_start.shape[0]
-        noise = seeded_noise(tuple(x_start.shape), seed, x_start.device, torch.float32)
         abar = self._abar
         t0 = self.timesteps[0]
-        x = abar[t0] ** 0.5 * x_start + (1.0 - abar[t0]) ** 0.5 * noise
+        x = abar[t0] ** 0.5 * x_start + self.start_noise(tuple(x_start.shape), seed, x_start.device)
         x0_hat = x_start
         for i, t in enumerate(self.timesteps):
-            t_batch = torch.full((n,), t, dtype=torch.long, device=x_start.device)
-            x0_hat = predict_x0(x, t_batch).float()
+            x0_hat = predict_x0(x, _timestep_batch(t, n, x_start.device)).float()
             if i + 1 < len(self.timesteps):
                 x = ddim_step(x, x0_hat, abar[t], abar[self.timesteps[i + 1]])
         return x0_hat

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tensor_cache import cached_constant
 from .checkpoint import cpu_state_dict, read_checkpoint
 
 __all__ = [
@@ -174,6 +175,12 @@ def _key_mask(n: int, h: int, w: int, window_size: int, device: torch.device) ->
     """Boolean attention mask [N * nWin, 1, 1, ws*ws] that is False on padded keys; None when nothing is padded."""
     if h % window_size == 0 and w % window_size == 0:
         return None
+    return _padded_key_mask(n, h, w, window_size, device)
+
+
+@cached_constant()
+def _padded_key_mask(n: int, h: int, w: int, window_size: int, device: torch.device) -> Tensor:
+    """:func:`_key_mask` for a padded grid, made once per (batch, size, window, device)."""
     valid = torch.ones(1, h, w, 1, device=device)
     windows, _ = window_partition(valid, window_size)  # [nWin, T, 1]
     mask = windows[..., 0] > 0.5

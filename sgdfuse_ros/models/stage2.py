@@ -232,8 +232,8 @@ class DiffusionRefiner:
         schedule: the noise schedule it was trained with.
         steps: network evaluations per frame (>= 1).
         strength: start timestep as a fraction of T, in (0, 1]; larger = more noise, more freedom to change F1.
-        seed: seed of the start noise, drawn afresh from a generator seeded with it on every call, so the same
-            frame gives the same output (no temporal flicker from the sampler).
+        seed: seed of the start noise, drawn from a CPU generator seeded with it (once per image size and
+            device, then reused), so the same frame gives the same output (no temporal flicker from the sampler).
         use_masks: False zeroes M_ir and M_vis in the condition (ablation "without semantic prior").
     """
 
@@ -260,7 +260,9 @@ class DiffusionRefiner:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> DiffusionRefiner:
+        """Move the network to ``device`` (the sampler's cached start noise for the old device is dropped)."""
         self.model.to(device)
+        self.sampler.clear_cache()
         return self
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tensor_cache import cached_constant
+
 __all__ = ["AttentionBlock", "ResBlock", "UNet", "timestep_embedding"]
 
 
@@ -32,10 +34,14 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     """
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    args = t.float()[:, None] * _frequencies(dim // 2, float(max_period), t.device)[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+@cached_constant()
+def _frequencies(half: int, max_period: float, device: torch.device) -> Tensor:
+    """f_k = max_period^(-k / half), k = 0 .. half-1, float32 on ``device`` (made once per network and device)."""
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device) / half)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -23,19 +23,20 @@ go* (SAM snaps them to object boundaries).
 
 All computation is torch on the inputs' device, at a reduced working resolution (longest side
 ``work_size``, default 320), upsampled once (bilinear) to the input size: ~14 ms per 640x480 frame
-on one CPU thread (``benchmarks/prior_latency.py``).
+on one CPU thread (measured with the former benchmarks/prior_latency.py; ``benchmarks/performance.py
+--prior fallback`` reports the prior stage per frame).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..tensor_cache import cached_constant
 from .base import SemanticPrior
 
 __all__ = [
@@ -103,7 +104,9 @@ class SaliencyParams:
 # --------------------------------------------------------------------------------------------
 
 
+@cached_constant(maxsize=32)
 def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Normalised 1-D Gaussian of ``sigma`` px (radius ceil(3 sigma)); made once per (sigma, device, dtype)."""
     radius = max(1, int(math.ceil(3.0 * sigma)))
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -161,7 +164,7 @@ def robust_stats(x: Tensor, scale_floor: float = 0.0) -> tuple[Tensor, Tensor]:
     return med.view(-1, 1, 1, 1), scale.view(-1, 1, 1, 1)
 
 
-@lru_cache(maxsize=16)
+@cached_constant(maxsize=16)
 def _constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(sobel_x [1,1,3,3], sobel_y [1,1,3,3], luma [1,3,1,1]) on ``device``; cached so that a GPU
     frame does not pay host-to-device copies for them."""

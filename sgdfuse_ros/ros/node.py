@@ -185,7 +185,7 @@ class FusionNode(LifecycleNode):
         with self._config_lock:
             self._pending_changes = set()
         self._accounting = PairAccounting(config.node.sync_slop, config.node.sync_queue_size)
-        self._core = FrameCore(pipeline, self._accounting)
+        self._core = FrameCore(pipeline, self._accounting, keep_preliminary=config.node.publish_preliminary)
         self._health = FusionHealth(HealthSettings.from_config(config))
         self._time_jumps = TimeJumpDetector(config.node.sync_slop)
 
@@ -437,7 +437,7 @@ class FusionNode(LifecycleNode):
         publishers["fused"].publish(array_to_image(result.fused, "rgb8", header))
         publishers["mask_ir"].publish(array_to_image(result.mask_ir, "mono8", header))
         publishers["mask_vis"].publish(array_to_image(result.mask_vis, "mono8", header))
-        if "preliminary" in publishers:
+        if "preliminary" in publishers and result.preliminary is not None:
             publishers["preliminary"].publish(array_to_image(result.preliminary, "rgb8", header))
         age_ms = (self.get_clock().now().nanoseconds - stamp_ns(header)) / 1e6
         stats = core.complete(outcome, age_ms)
