@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("sgdfuse_ros.msg")
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from conftest import ros_subprocess_env  # noqa: E402
+from conftest import ros_subprocess_env, wait_for  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
@@ -39,16 +39,6 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 30.0
-
-
-def _wait_for(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Harness:
@@ -74,7 +64,7 @@ class Harness:
     def call(self, client, request):
         assert client.wait_for_service(timeout_sec=WAIT)
         future = client.call_async(request)
-        _wait_for(future.done, "a lifecycle service response")
+        wait_for(future.done, what="a lifecycle service response")
         return future.result()
 
     def state(self) -> str:
@@ -112,13 +102,13 @@ def test_lifecycle_states_through_the_real_services(stage1_weights):
         assert h.thermal.get_subscription_count() == 0  # inactive: no input
 
         assert h.transition(Transition.TRANSITION_ACTIVATE) and h.state() == "active"
-        _wait_for(lambda: h.thermal.get_subscription_count() >= 1 and h.rgb.get_subscription_count() >= 1, "inputs")
+        wait_for(lambda: h.thermal.get_subscription_count() >= 1 and h.rgb.get_subscription_count() >= 1, what="inputs")
         h.send_pair()
-        _wait_for(lambda: node.counters()["fused"] == 1, "a fused pair while active")
+        wait_for(lambda: node.counters()["fused"] == 1, what="a fused pair while active")
 
         assert h.transition(Transition.TRANSITION_DEACTIVATE) and h.state() == "inactive"
         assert node._worker is None  # drained and stopped
-        _wait_for(lambda: h.thermal.get_subscription_count() == 0, "the inputs to go away")
+        wait_for(lambda: h.thermal.get_subscription_count() == 0, what="the inputs to go away")
         received = node.counters()["received_thermal"]
         h.send_pair()
         time.sleep(0.5)
@@ -128,9 +118,9 @@ def test_lifecycle_states_through_the_real_services(stage1_weights):
         assert node.pipeline is None and node._outputs == {}
 
         assert h.transition(Transition.TRANSITION_CONFIGURE) and h.transition(Transition.TRANSITION_ACTIVATE)
-        _wait_for(lambda: h.thermal.get_subscription_count() >= 1 and h.rgb.get_subscription_count() >= 1, "inputs")
+        wait_for(lambda: h.thermal.get_subscription_count() >= 1 and h.rgb.get_subscription_count() >= 1, what="inputs")
         h.send_pair()
-        _wait_for(lambda: node.counters()["fused"] == 1, "a fused pair after reconfiguring (counters start afresh)")
+        wait_for(lambda: node.counters()["fused"] == 1, what="a fused pair after reconfiguring (counters start afresh)")
 
         assert h.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN) and h.state() == "finalized"
         assert node.finished.is_set() and node.pipeline is None and node._worker is None

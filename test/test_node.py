@@ -31,7 +31,7 @@ rclpy = pytest.importorskip("rclpy")
 torch = pytest.importorskip("torch")
 
 from builtin_interfaces.msg import Time  # noqa: E402
-from conftest import ros_subprocess_env  # noqa: E402
+from conftest import ros_subprocess_env, wait_for  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -59,13 +59,7 @@ WAIT = 30.0  # seconds; generous: discovery and a loaded 2-core machine
 
 
 def _wait_for(predicate, timeout: float = WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(predicate, timeout, what)
 
 
 def _ns(stamp) -> int:

@@ -4,7 +4,6 @@ FuseConfig lacks is reported as skipped."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "performance.py"
 #: Modules the benchmark must not need: a GPU machine has torch but no ROS (and maybe no PyYAML).
@@ -19,10 +19,7 @@ BLOCKED = ("rclpy", "message_filters", "sensor_msgs", "rosbags", "yaml")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("sgdfuse_performance_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("performance")
 
 
 @pytest.mark.slow

@@ -4,24 +4,18 @@ must exit 0 without a traceback. benchmarks/shutdown.py runs the same harness 20
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_benchmark
 
 pytest.importorskip("rclpy")
 pytest.importorskip("sgdfuse_ros.msg")
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "shutdown.py"
 
 
 def _harness():
-    spec = importlib.util.spec_from_file_location("sgdfuse_shutdown_benchmark", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shutdown")
 
 
 @pytest.mark.parametrize("variant", ["launch_sigint", "sigterm", "lifecycle_shutdown"])

@@ -3,17 +3,11 @@ exact accounting and bounded memory growth. The numbers of the full soak are in 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SOAK = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+from conftest import load_benchmark
 
 
 def _load_soak():
-    spec = importlib.util.spec_from_file_location("sgdfuse_soak_benchmark", SOAK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("soak")
 
 
 def test_1500_pairs_are_all_fused_and_memory_stays_flat() -> None:
