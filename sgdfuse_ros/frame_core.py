@@ -26,10 +26,11 @@ change increments :attr:`FrameCore.config_generation`, which each FusionStats ca
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ OOM_CPU_FALLBACK_AFTER = 3
 OOM_BACKOFF_S = (0.25, 4.0)
 #: Consecutive pipeline failures from which the health is ERROR (diagnostics).
 PIPELINE_ERROR_LEVEL_AFTER = 3
+_LOG = logging.getLogger(__name__)
 STATS_COUNTERS = ("received_thermal", "received_rgb", "paired", "unpaired_thermal", "unpaired_rgb", "fused")
 
 
@@ -138,7 +140,6 @@ class FaultState:
     last_error: str = ""
     device_note: str = ""
     backoff_until: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 class FrameCore:
@@ -177,21 +178,9 @@ class FrameCore:
 
     # -- configuration -----------------------------------------------------------------------------
     def reconfigure(self, new: FuseConfig, changed: set[str] | frozenset[str]) -> int:
-        """Apply run-time parameters between frames; returns the new config generation.
-
-        Only the run-time parameters have an effect here (thermal scaling, SAM thresholds): the others are
-        read-only and never change after start-up.
-        """
-        pipeline = self.pipeline
-        pipeline.config = new
-        if any(name.startswith("thermal.") for name in changed):
-            pipeline.thermal_scaler.config = new.thermal
-            pipeline.thermal_scaler.reset()
-        # A keyframed SAM prior (priors.keyframes.KeyframePrior) holds the SAM prior as ``inner``.
-        prior = getattr(pipeline.prior, "inner", pipeline.prior)
-        for key in ("pred_iou_thresh", "stability_score_thresh"):
-            if f"prior.{key}" in changed and hasattr(prior, key):
-                setattr(prior, key, getattr(new.prior, key))
+        """Apply run-time parameters between frames (:meth:`FusionPipeline.reconfigure`); returns the new
+        config generation."""
+        self.pipeline.reconfigure(new, changed)
         self.config_generation += 1
         return self.config_generation
 
@@ -248,15 +237,7 @@ class FrameCore:
 
     def health(self) -> FaultState:
         """A copy of the fault state."""
-        faults = self._faults
-        return FaultState(
-            consecutive_oom=faults.consecutive_oom,
-            consecutive_errors=faults.consecutive_errors,
-            consecutive_cuda_errors=faults.consecutive_cuda_errors,
-            last_error=faults.last_error,
-            device_note=faults.device_note,
-            backoff_until=faults.backoff_until,
-        )
+        return replace(self._faults)
 
     # -- error policy ------------------------------------------------------------------------------
     def _dropped(self, outcome: FrameOutcome, reason: str, message: str, level: str) -> FrameOutcome:
@@ -291,7 +272,7 @@ class FrameCore:
             )
             faults.consecutive_oom = 0
             faults.backoff_until = 0.0
-            faults.notes.append(faults.device_note)
+            _LOG.error(faults.device_note)  # once; the node forwards library logging to its ROS logger
         return outcome
 
     def _failed(self, outcome: FrameOutcome, error: BaseException) -> FrameOutcome:
@@ -309,8 +290,3 @@ class FrameCore:
                 f"(compute.cuda_error_exit_after = {limit}); last: {text}"
             )
         return outcome
-
-    def take_notes(self) -> list[str]:
-        """Policy events to log once (device moves), oldest first; clears them."""
-        notes, self._faults.notes = self._faults.notes, []
-        return notes

@@ -151,6 +151,19 @@ class FusionPipeline:
         pipeline.device_note = note
         return pipeline
 
+    def reconfigure(self, new: FuseConfig, changed: set[str] | frozenset[str]) -> None:
+        """Apply run-time parameters (``changed`` names them); call between frames, never during one.
+
+        Only the run-time parameters take effect (thermal scaling, the prior's selection thresholds); the
+        read-only ones never change after start-up.
+        """
+        self.config = new
+        if any(name.startswith("thermal.") for name in changed):
+            self.thermal_scaler.config = new.thermal
+            self.thermal_scaler.reset()
+        if {"prior.pred_iou_thresh", "prior.stability_score_thresh"} & set(changed):
+            self.prior.set_selection_thresholds(new.prior.pred_iou_thresh, new.prior.stability_score_thresh)
+
     @property
     def prior_name(self) -> str:
         return self.prior.name

@@ -224,8 +224,6 @@ def evaluate_bag(
             ReplayTally(
                 sync=sync,
                 counters=counters,
-                dropped=dict(counters.dropped),
-                fused=counters.fused,
                 frames=frames,
                 wall=wall,
                 metrics_s=metrics_s,

@@ -49,9 +49,7 @@ class ReplayTally:
     """What an evaluation counted and measured while replaying."""
 
     sync: ApproximateSync  #: the synchroniser, finished (its accounting is the report's pairing section)
-    counters: PairAccounting  #: the node's pair counters, as its stats would report them
-    dropped: dict[str, int]  #: pairs dropped by reason (invalid images)
-    fused: int  #: pairs fused
+    counters: PairAccounting  #: the node's pair counters (fused, dropped by reason ...), as its stats report them
     frames: list[dict]  #: one record per fused pair
     wall: float  #: seconds of the whole replay
     metrics_s: float  #: seconds of that spent on metrics and thumbnails
@@ -178,15 +176,16 @@ def _build_report(
     """The report dict (report.json) of one evaluation; ``metrics``: whether frames carry fusion metrics."""
     from ..metrics import METRIC_NAMES
 
-    frames, fused, wall, metrics_s = tally.frames, tally.fused, tally.wall, tally.metrics_s
+    frames, fused, wall, metrics_s = tally.frames, tally.counters.fused, tally.wall, tally.metrics_s
+    dropped = dict(tally.counters.dropped)
     pairing = tally.sync.accounting()
     pending_thermal, pending_rgb = tally.counters.pending()
     pairing.update(
         slop_s=config.node.sync_slop,
         queue_size=config.node.sync_queue_size,
         fused=fused,
-        dropped=sum(tally.dropped.values()),
-        dropped_by_reason=dict(sorted(tally.dropped.items())),
+        dropped=sum(dropped.values()),
+        dropped_by_reason=dict(sorted(dropped.items())),
         node_counters={
             "paired": tally.counters.paired,
             "unpaired_thermal": tally.counters.unpaired[0],

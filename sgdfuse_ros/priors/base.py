@@ -56,6 +56,13 @@ class SemanticPrior(abc.ABC):
         self.device = torch.device(device)
         return self
 
+    def set_selection_thresholds(self, pred_iou_thresh: float, stability_score_thresh: float) -> None:
+        """Run-time ``prior.pred_iou_thresh`` / ``prior.stability_score_thresh`` (SAM's segment selection).
+
+        Priors without segment selection ignore them (this default); call between frames.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
 

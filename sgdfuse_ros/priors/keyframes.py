@@ -194,6 +194,9 @@ class KeyframePrior(SemanticPrior):
         self.reset()
         return self
 
+    def set_selection_thresholds(self, pred_iou_thresh: float, stability_score_thresh: float) -> None:
+        self.inner.set_selection_thresholds(pred_iou_thresh, stability_score_thresh)
+
     def reset(self) -> None:
         """Forget the keyframe: the next frame runs the inner prior (e.g. after a gap in the stream)."""
         self._state = None

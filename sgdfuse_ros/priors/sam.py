@@ -337,6 +337,10 @@ class SamPrior(SemanticPrior):
         self.last_segments: list[Tensor] = []
         self._prompt_cache: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}
 
+    def set_selection_thresholds(self, pred_iou_thresh: float, stability_score_thresh: float) -> None:
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+
     def to(self, device: str | torch.device) -> SamPrior:
         """Move the model (and the cached prompts) to ``device``; returns ``self``."""
         self.device = torch.device(device)

@@ -427,8 +427,6 @@ class FusionNode(LifecycleNode):
 
     def _process(self, core: FrameCore, pair: Pair) -> None:
         outcome = core.process(pair.thermal, pair.rgb, pair.received)
-        for note in core.take_notes():
-            self.get_logger().error(note)
         if outcome.result is None:
             pair.accounted = True
             self._log_drop(outcome.drop_reason, pair.rgb, outcome.drop_message, outcome.drop_level)
