@@ -23,6 +23,12 @@ Sections of the output:
   the tiny random-weight SAM (``build_sam_tiny``) as the prior, interval 1 vs 10, on the LLVIP frames; and the
   IoU of the propagated vs recomputed tiny-SAM masks (random weights: the masks mean nothing, the cost is real).
 
+* ``rescore_vs_flow``: the two propagation methods (``method="flow"``, ``"rescore"``) and "hold" against the mask
+  source recomputed on every frame, on three sequences (LLVIP files in order; a synthetic camera move; a still view
+  with a warming target), for two mask sources: a content-following stand-in for SAM's segments (connected regions
+  of quantised luminance, merged by ``SamPrior.masks_from_segments``) and the tiny random SAM; and the cost of one
+  non-keyframe ``masks()`` call per method, also by segment count (random rectangles).
+
 LLVIP is non-commercial: this script only reads it; keep only the numbers.
 """
 
@@ -51,7 +57,7 @@ from sgdfuse_ros.metrics import METRIC_NAMES, evaluate, to_gray  # noqa: E402
 from sgdfuse_ros.pipeline import FusionPipeline  # noqa: E402
 from sgdfuse_ros.priors import FallbackPrior, KeyframePrior, SemanticPrior  # noqa: E402
 from sgdfuse_ros.priors.fallback import luminance  # noqa: E402
-from sgdfuse_ros.priors.keyframes import _scaled_size, _small_uint8, dis_flow, warp_with_flow  # noqa: E402
+from sgdfuse_ros.priors.keyframes import METHODS, _scaled_size, _small_uint8, dis_flow, warp_with_flow  # noqa: E402
 from sgdfuse_ros.priors.sam import SamPrior, build_sam_tiny  # noqa: E402
 
 STEMS = [f"0100{i:02d}" for i in range(1, 31)]
@@ -289,6 +295,154 @@ def tiny_sam_throughput(folder: Path, size: int) -> dict:
     return out
 
 
+# ---- (d) flow vs re-scoring the keyframe's segments ---------------------------------------------------
+
+
+def _tiny_sam() -> SamPrior:
+    """The tiny random-weight SAM with thresholds loose enough that it keeps segments (as in (c))."""
+    return SamPrior(build_sam_tiny(img_size=128), name="sam:tiny", device="cpu", points_per_side=16,
+                    points_per_batch=64, pred_iou_thresh=0.0, stability_score_thresh=0.5,
+                    stability_score_offset=0.02)
+
+
+class _RegionSegmenter(SamPrior):
+    """A content-following stand-in for SAM's segments (benchmark only): the same merge as ``SamPrior.masks``.
+
+    SAM with random weights makes segments that stay put on the image grid when the camera moves, so it cannot
+    show whether a propagation follows the scene. Here each image's segments are the connected regions of its
+    luminance quantised at fixed levels (0.1, 0.25, 0.4, 0.55, 0.7, 0.85) on SAM's 256-px grid, at least
+    0.2 % of the image; they move with the content and change when it changes. Scoring, merging and the
+    empty fallback are ``SamPrior``'s own (``score_maps``, ``merge_segments``).
+    """
+
+    LEVELS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
+
+    def __init__(self) -> None:
+        super().__init__(build_sam_tiny(img_size=128), name="regions", device="cpu")
+
+    def _regions(self, gray: np.ndarray) -> torch.Tensor:
+        bins = np.digitize(gray, self.LEVELS)
+        segments = []
+        for level in range(len(self.LEVELS) + 1):
+            count, labels = cv2.connectedComponents((bins == level).astype(np.uint8), connectivity=8)
+            for label in range(1, count):
+                region = labels == label
+                if region.mean() >= 0.002:
+                    segments.append(region)
+        shape = gray.shape
+        return torch.from_numpy(np.stack(segments)) if segments else torch.zeros((0, *shape), dtype=torch.bool)
+
+    @torch.no_grad()
+    def masks(self, thermal: torch.Tensor, visible_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = thermal.shape
+        size = _scaled_size(h, w, 256)
+        small = [F.interpolate(x, size=size, mode="area") for x in (luminance(visible_rgb), thermal)]
+        self.last_segments = [self._regions(img[i, 0].numpy()) for img in small for i in range(n)]  # VIS.., IR..
+        return self.masks_from_segments(self.last_segments, thermal, visible_rgb)
+
+
+class _Rectangles(SamPrior):
+    """``count`` fixed random rectangles as every image's segments on SAM's 256-px grid (cost measurement only)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(build_sam_tiny(img_size=128), name=f"rectangles{count}", device="cpu")
+        self.count = count
+
+    @torch.no_grad()
+    def masks(self, thermal: torch.Tensor, visible_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = thermal.shape
+        hl, wl = _scaled_size(h, w, 256)
+        rng = np.random.default_rng(0)
+        segments = np.zeros((self.count, hl, wl), bool)
+        for k in range(self.count):
+            y, x = rng.integers(0, hl - 8), rng.integers(0, wl - 8)
+            segments[k, y:y + rng.integers(8, hl // 3), x:x + rng.integers(8, wl // 3)] = True
+        self.last_segments = [torch.from_numpy(segments)] * (2 * n)
+        return self.masks_from_segments(self.last_segments, thermal, visible_rgb)
+
+
+def _non_keyframe_ms(source: SemanticPrior, method: str, first: tuple, later: tuple, runs: int = 10) -> float:
+    """Median time of one propagated ``masks()`` call (keyframe ``first``, then ``later`` repeatedly)."""
+    prior = KeyframePrior(source, 100, method=method)
+    prior.masks(*first)
+    samples = []
+    for _ in range(runs):
+        a = time.perf_counter()
+        prior.masks(*later)
+        samples.append(time.perf_counter() - a)
+    return _ms(samples)
+
+
+def _warm_target(ir: np.ndarray, i: int) -> np.ndarray:
+    """``ir`` with a warm ellipse that grows hotter frame by frame (0 on frame 0): content SAM must re-judge."""
+    h, w = ir.shape
+    blob = np.zeros((h, w), np.float32)
+    cv2.ellipse(blob, (w // 3, h // 2), (w // 14, h // 7), 0, 0, 360, 1.0, -1)
+    blob = cv2.GaussianBlur(blob, (0, 0), 3)
+    return np.clip(ir.astype(np.float32) + blob * 25.0 * i, 0, 255).astype(np.uint8)
+
+
+def _sequences(folder: Path, size: int, frames: int) -> dict[str, list]:
+    """Named frame sequences: LLVIP files in order, a synthetic camera move, a warming target on a still view."""
+    pairs = [read_pair(folder, s, size) for s in STEMS]
+    out = {"llvip_files": [to_tensors(ir, rgb) for ir, rgb in pairs]}
+    ir, rgb = pairs[0]
+    h, w = ir.shape
+    move, warm = [], []
+    for i in range(frames):
+        mat = cv2.getRotationMatrix2D((w / 2, h / 2), 0.3 * i, 1.005**i)
+        mat[:, 2] += (3.0 * i, 1.5 * i)
+        move.append(to_tensors(*(cv2.warpAffine(x, mat, (w, h), flags=cv2.INTER_LINEAR,
+                                                borderMode=cv2.BORDER_REFLECT) for x in (ir, rgb))))
+        warm.append(to_tensors(_warm_target(ir, i), rgb))
+    out["camera_move"], out["warming_target"] = move, warm
+    return out
+
+
+def _coverage(masks: list) -> dict:
+    """Share of pixels > 0.5 per modality (an empty mask makes an IoU trivially 1)."""
+    return {key: round(float(np.mean([(m[c] > 0.5).float().mean().item() for m in masks])), 4)
+            for c, key in ((0, "ir"), (1, "vis"))}
+
+
+def rescore_vs_flow(folder: Path, size: int) -> dict:
+    """Both propagation methods (and "hold") against the mask source recomputed on every frame.
+
+    Mask sources: the content-following region segmenter (``_RegionSegmenter``), and the tiny random SAM
+    (whose segments do not follow the scene: cost and plumbing only).
+    """
+    out: dict = {"sequences": {
+        "llvip_files": "LLVIP 010001-010030 in file order (not consecutive video), intervals 5 and 10",
+        "camera_move": "10 frames of a synthetic camera move of LLVIP 010001, 3 px + 1.5 px + 0.3 deg + 0.5 % zoom "
+                       "per frame, accumulating; keyframe = frame 0",
+        "warming_target": "10 frames of LLVIP 010001 still, a warm ellipse +25 grey levels per frame in the thermal "
+                          "image; keyframe = frame 0"}}
+    sequences = _sequences(folder, size, 10)
+    out["size"] = list(sequences["camera_move"][0][0].shape[-2:])
+    for source_name, source in (("regions", _RegionSegmenter()), ("sam_tiny_random", _tiny_sam())):
+        source.keep_segments = True
+        rows: dict = {}
+        for name, frames in sequences.items():
+            truth, kept = [], []
+            for t, v in frames:
+                truth.append(source.masks(t, v))
+                kept.append(np.mean([len(x) for x in source.last_segments]))
+            rows[f"{name}_segments_per_image"] = round(float(np.mean(kept)), 1)
+            rows[f"{name}_recomputed_coverage"] = _coverage(truth)
+            for k in ((5, 10) if name == "llvip_files" else (len(frames),)):
+                row = {"hold": _mask_ious(_Hold(source, k), frames, truth, k)}
+                for method in METHODS:
+                    row[method] = _mask_ious(KeyframePrior(source, k, method=method), frames, truth, k)
+                rows[f"{name}_interval_{k}"] = row
+        first, later = sequences["camera_move"][0], sequences["camera_move"][3]
+        rows["non_keyframe_masks_ms_median"] = {m: _non_keyframe_ms(source, m, first, later) for m in METHODS}
+        out[source_name] = rows
+    out["non_keyframe_masks_ms_by_segments_per_image"] = {
+        count: {m: _non_keyframe_ms(_Rectangles(count), m, first, later) for m in METHODS}
+        for count in (16, 64, 128, 256)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
@@ -297,7 +451,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
     ap.add_argument("--runs", type=int, default=40, help="repetitions of the timing")
     ap.add_argument("--skip-stage2", action="store_true", help="no fused metrics (the slow part)")
-    ap.add_argument("--only", choices=("timing", "sequence", "motion", "sam"), help="run one section")
+    ap.add_argument("--only", choices=("timing", "sequence", "motion", "sam", "rescore"), help="run one section")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folder = args.data / "llvip"
@@ -308,7 +462,8 @@ def main() -> None:
     sections = {"timing": ("flow_timing", lambda: flow_timing(args.runs)),
                 "sequence": ("llvip_sequence", lambda: llvip_sequence(folder, args.size, not args.skip_stage2)),
                 "motion": ("llvip_camera_motion", lambda: llvip_camera_motion(folder, args.size)),
-                "sam": ("tiny_sam_throughput", lambda: tiny_sam_throughput(folder, args.size))}
+                "sam": ("tiny_sam_throughput", lambda: tiny_sam_throughput(folder, args.size)),
+                "rescore": ("rescore_vs_flow", lambda: rescore_vs_flow(folder, args.size))}
     for key, (name, fn) in sections.items():
         if args.only in (None, key):
             a = time.perf_counter()

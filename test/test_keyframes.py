@@ -144,7 +144,8 @@ def test_keyframes_return_the_inner_masks_unchanged_and_others_keep_the_contract
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"interval": 0}, r"\[1, 100\]"), ({"interval": 101}, r"\[1, 100\]"), ({"interval": True}, r"\[1, 100\]"),
-     ({"interval": 2.5}, r"\[1, 100\]"), ({"method": "rescore"}, r"allowed: \['flow'\]"),
+     ({"interval": 2.5}, r"\[1, 100\]"), ({"method": "propagate"}, r"allowed: \['flow', 'rescore'\]"),
+     ({"method": "rescore"}, "keeps its segments"), ({"segment_size": 8}, "segment_size"),
      ({"reference": "next"}, "allowed"), ({"flow_size": 8}, "flow_size"), ({"finest_scale": 7}, "finest_scale")],
 )
 def test_invalid_options_are_refused_with_the_allowed_values(kwargs, match):

@@ -31,11 +31,19 @@ different OpenCV thread count). Every sample of a batch is propagated separately
 cost grows linearly with N). The cost does not depend on the input size beyond the two resizes
 (docs/priors.md, ``benchmarks/keyframes.py``).
 
-``method`` is the hook for other propagation methods. The one planned next is ``"rescore"``: keep
-the keyframe's SAM segments (``SamPrior(keep_segments=True)`` exposes ``last_segments``), warp or
-keep them, and re-score them on the current frame's score maps instead of warping the merged mask.
-It would be added to :data:`METHODS` and get its own ``_propagate_*`` method next to
-:meth:`KeyframePrior._propagate_flow`; the schedule, state and device handling are shared.
+With ``method="rescore"`` (the inner prior must keep its segments: a :class:`~.sam.SamPrior`, whose
+``keep_segments`` the wrapper switches on) the keyframe's kept SAM segments are cached instead, at
+``segment_size`` (area-downsampled, soft), and on the frames in between:
+
+1. the same flow as above (per modality, same reference) warps every cached segment to the current frame;
+2. each warped segment is re-scored on the current frame's saliency score maps
+   (:meth:`~.sam.SamPrior.score_maps`, the same maps and thresholds SAM's own merge uses);
+3. the warped segments are merged with the new scores (:meth:`~.sam.SamPrior.merge_segments`), so SAM's
+   segment geometry is reused while the decision "is this segment salient?" follows the current frame
+   (a segment that warms up or cools down switches on or off). An image whose keyframe had no kept
+   segment (SAM's ``empty_fallback`` mask) gets the flow-warped keyframe mask.
+
+docs/priors.md records the measurement of both methods and the choice of the default.
 """
 
 from __future__ import annotations
@@ -52,11 +60,14 @@ from torch import Tensor
 
 from .base import SemanticPrior
 from .fallback import luminance
+from .segments import segment_scores
 
-__all__ = ["METHODS", "REFERENCES", "KeyframePrior", "dis_flow", "warp_with_flow"]
+__all__ = ["METHODS", "REFERENCES", "KeyframePrior", "channels_last_chunks", "dis_flow", "warp_stack", "warp_with_flow"]
 
-#: Propagation methods between keyframes (``"rescore"`` is the planned second one; module docstring).
-METHODS = ("flow",)
+#: Propagation methods between keyframes: warp the merged masks, or warp and re-score SAM's segments.
+METHODS = ("flow", "rescore")
+#: Most channels one ``cv2.remap`` call takes (OpenCV 5; 4.x allows more).
+_REMAP_MAX_CHANNELS = 128
 #: What the flow is computed against: the keyframe itself, or the previous frame (flow accumulated).
 REFERENCES = ("keyframe", "previous")
 
@@ -102,6 +113,27 @@ def warp_with_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
                      borderMode=cv2.BORDER_REPLICATE)
 
 
+def warp_stack(chunk: np.ndarray, flow: np.ndarray) -> Tensor:
+    """:func:`warp_with_flow` for a channels-last stack of maps (one remap call).
+
+    Args:
+        chunk: float32 C-contiguous [h, w, k] with 1 <= k <= 128 (OpenCV's channel limit; see
+            :func:`channels_last_chunks`).
+        flow: float32 [hf, wf, 2] (see :func:`warp_with_flow`).
+    Returns:
+        float32 [k, h, w] CPU tensor, a channels-last view (no transposed copy is made).
+    """
+    out = warp_with_flow(chunk, flow)
+    return torch.from_numpy(out if out.ndim == 3 else out[..., None]).permute(2, 0, 1)  # OpenCV drops 1 channel
+
+
+def channels_last_chunks(stack: Tensor) -> list[np.ndarray]:
+    """float [K, h, w] tensor -> float32 C-contiguous [h, w, <=128] arrays for :func:`warp_stack` ([] for K = 0)."""
+    last = stack.float().cpu().permute(1, 2, 0)
+    return [np.ascontiguousarray(last[..., i:i + _REMAP_MAX_CHANNELS].numpy())
+            for i in range(0, stack.shape[0], _REMAP_MAX_CHANNELS)]
+
+
 def _scaled_size(h: int, w: int, longest: int) -> tuple[int, int]:
     """(h', w') with the longest side ``longest`` (never larger than the input; 0 = unchanged)."""
     if longest <= 0 or max(h, w) <= longest:
@@ -127,6 +159,10 @@ class _State:
     prev_lum: np.ndarray  #: uint8 [N, 2, hf, wf] previous frame's luminance (reference "previous")
     acc_flow: list[list[np.ndarray | None]] = field(default_factory=list)  #: [N][2] flow to the keyframe
     since_key: int = 0  #: frames since the keyframe (0 on the keyframe)
+    #: method "rescore": per image in the inner prior's order (VIS_0..VIS_{N-1}, IR_0..IR_{N-1}) the
+    #: keyframe's kept segments at the segment size, as :func:`channels_last_chunks` ([] when none was kept)
+    segments: list[list[np.ndarray]] = field(default_factory=list)
+    segment_grid: tuple[int, int] = (0, 0)  #: (hl, wl) of the inner prior's segments
 
 
 class KeyframePrior(SemanticPrior):
@@ -143,6 +179,9 @@ class KeyframePrior(SemanticPrior):
         warp_size: longest side at which the keyframe masks are stored and warped (0 = full size).
         finest_scale: DIS finest pyramid level (0 = flow at ``flow_size`` itself, 1 = half of it, ...;
             the ULTRAFAST preset's own value is 2).
+        segment_size: method ``"rescore"``: longest side at which the keyframe's segments are cached,
+            warped, re-scored and merged (0 = the inner prior's own segment grid, e.g. SAM's 256-px logits:
+            a still frame then gives back the keyframe's masks exactly; smaller is cheaper and coarser).
 
     Attributes:
         last_keyframe: whether the last :meth:`masks` call ran the inner prior.
@@ -151,7 +190,7 @@ class KeyframePrior(SemanticPrior):
 
     def __init__(self, inner: SemanticPrior, interval: int = 5, *, method: str = "flow",
                  reference: str = "keyframe", flow_size: int = 160, warp_size: int = 320,
-                 finest_scale: int = 1) -> None:
+                 finest_scale: int = 1, segment_size: int = 0) -> None:
         if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or not 1 <= interval <= 100:
             raise ValueError(f"keyframe interval must be an integer in [1, 100], got {interval!r}")
         if method not in METHODS:
@@ -164,6 +203,13 @@ class KeyframePrior(SemanticPrior):
             raise ValueError(f"warp_size must be >= 0, got {warp_size!r}")
         if not 0 <= int(finest_scale) <= 4:
             raise ValueError(f"finest_scale must be in [0, 4], got {finest_scale!r}")
+        if int(segment_size) != 0 and int(segment_size) < 16:
+            raise ValueError(f"segment_size must be 0 (the inner prior's grid) or >= 16, got {segment_size!r}")
+        if method == "rescore":
+            if not (hasattr(inner, "keep_segments") and hasattr(inner, "merge_segments")):
+                raise ValueError(f"keyframe method 'rescore' needs a prior that keeps its segments (the SAM prior), "
+                                 f"not {type(inner).__name__}")
+            inner.keep_segments = True  # type: ignore[attr-defined]
         self.inner = inner
         self.interval = int(interval)
         self.method = method
@@ -171,6 +217,7 @@ class KeyframePrior(SemanticPrior):
         self.flow_size = int(flow_size)
         self.warp_size = int(warp_size)
         self.finest_scale = int(finest_scale)
+        self.segment_size = int(segment_size)
         self.name = inner.name if self.interval == 1 else f"{inner.name}+kf{self.interval}"
         self.last_keyframe = False
         self.inner_calls = 0
@@ -216,8 +263,12 @@ class KeyframePrior(SemanticPrior):
         self.last_keyframe = False
         state.since_key += 1
         lum = self._luminance(thermal, visible_rgb)
-        warped = getattr(self, f"_propagate_{self.method}")(state, lum)  # [N, 2, hw, ww] float32
-        m = torch.from_numpy(warped).to(self.device)
+        flows = self._flows(state, lum)
+        if self.method == "rescore":
+            m = self._propagate_rescore(state, flows, thermal, visible_rgb)
+        else:
+            m = torch.from_numpy(self._propagate_flow(state, flows))
+        m = m.to(self.device)  # [N, 2, h', w'] float32
         if m.shape[-2:] != (h, w):
             m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
         m = m.clamp(0.0, 1.0)
@@ -239,20 +290,39 @@ class KeyframePrior(SemanticPrior):
         lum = self._luminance(thermal, visible_rgb)
         self._state = _State(shape=(n, h, w), masks=m.cpu().numpy().astype(np.float32), key_lum=lum,
                              prev_lum=lum, acc_flow=[[None, None] for _ in range(n)])
+        if self.method == "rescore":
+            self._state.segments = [self._small_segments(seg) for seg in self.inner.last_segments]
+            self._state.segment_grid = tuple(self.inner.last_segments[0].shape[-2:])
         return m_ir, m_vis
+
+    def _segment_size(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """(hs, ws): the segment grid (hl, wl) scaled to ``segment_size`` (0: unchanged)."""
+        return _scaled_size(*grid, self.segment_size) if self.segment_size else grid
+
+    def _small_segments(self, segments: Tensor) -> list[np.ndarray]:
+        """bool [K, hl, wl] on the device -> chunks of float32 [hs, ws, k] on the CPU (area: soft edges)."""
+        x = segments.float()[None]
+        hs, ws = self._segment_size(tuple(segments.shape[-2:]))
+        if tuple(x.shape[-2:]) != (hs, ws):
+            x = F.interpolate(x, size=(hs, ws), mode="area")
+        return channels_last_chunks(x[0])
 
     def _luminance(self, thermal: Tensor, visible_rgb: Tensor) -> np.ndarray:
         """uint8 [N, 2, hf, wf] on the CPU: (thermal, visible Y) at the flow size."""
         size = _scaled_size(*thermal.shape[-2:], self.flow_size)
         return np.stack([_small_uint8(thermal, size), _small_uint8(luminance(visible_rgb), size)], axis=1)
 
-    # ---- propagation methods: ``_propagate_<method>(state, lum) -> masks`` -----------------------
+    # ---- propagation ------------------------------------------------------------------------------
 
-    def _propagate_flow(self, state: _State, lum: np.ndarray) -> np.ndarray:
-        """Warp the keyframe masks to the current frame. lum uint8 [N,2,hf,wf] -> float32 [N,2,hw,ww]."""
-        out = np.empty_like(state.masks)
+    def _flows(self, state: _State, lum: np.ndarray) -> list[list[np.ndarray]]:
+        """Flow from the current frame to the keyframe per sample and modality (0: thermal, 1: visible Y).
+
+        lum uint8 [N,2,hf,wf] -> [N][2] float32 [hf, wf, 2]; updates the state of reference "previous".
+        """
+        flows = []
         for i in range(lum.shape[0]):
-            for c in range(2):  # 0: thermal -> M_ir, 1: visible Y -> M_vis
+            row = []
+            for c in range(2):
                 if self.reference == "keyframe":
                     flow = dis_flow(self._dis[c], lum[i, c], state.key_lum[i, c])
                 else:
@@ -260,6 +330,44 @@ class KeyframePrior(SemanticPrior):
                     acc = state.acc_flow[i][c]
                     flow = step if acc is None else step + warp_with_flow(acc, step)
                     state.acc_flow[i][c] = flow
-                out[i, c] = warp_with_flow(state.masks[i, c], flow)
+                row.append(flow)
+            flows.append(row)
         state.prev_lum = lum
+        return flows
+
+    def _propagate_flow(self, state: _State, flows: list[list[np.ndarray]]) -> np.ndarray:
+        """Warp the keyframe masks to the current frame -> float32 [N, 2, hw, ww] (M_ir, M_vis)."""
+        out = np.empty_like(state.masks)
+        for i, row in enumerate(flows):
+            for c, flow in enumerate(row):
+                out[i, c] = warp_with_flow(state.masks[i, c], flow)
         return out
+
+    def _propagate_rescore(self, state: _State, flows: list[list[np.ndarray]], thermal: Tensor,
+                           visible_rgb: Tensor) -> Tensor:
+        """Warp the keyframe's segments, re-score them on this frame, merge -> float32 [N, 2, hs, ws] (CPU)."""
+        n = len(flows)
+        hs, ws = self._segment_size(state.segment_grid)
+        # Score maps on SAM's own grid, as its merge computes them, then area-averaged: a segment's mean score
+        # barely changes, whereas maps computed at the smaller size would (their filters scale with the size).
+        maps = self.inner.score_maps(thermal, visible_rgb, state.segment_grid).float()
+        if tuple(maps.shape[-2:]) != (hs, ws):
+            maps = F.interpolate(maps[None], size=(hs, ws), mode="area")[0]
+        maps = maps.cpu()  # [2N, hs, ws]
+        # Merge chunk by chunk: the merge is a max over segments, so the max over chunks is the same result.
+        merged = maps.new_zeros(maps.shape)
+        for j in range(max(len(cached) for cached in state.segments)):
+            segments, scores = [], []
+            for b, cached in enumerate(state.segments):  # VIS_0..VIS_{N-1}, IR_0..IR_{N-1}
+                warped = warp_stack(cached[j], flows[b % n][1 if b < n else 0]) if j < len(cached) \
+                    else maps.new_zeros((0, hs, ws))
+                segments.append(warped)
+                scores.append(segment_scores(warped, maps[b]))
+            merged = torch.maximum(merged, self.inner.merge_segments(segments, scores))  # [2N, hs, ws]
+        empty = [b for b, cached in enumerate(state.segments) if not cached]
+        if empty:  # SAM kept nothing on the keyframe: its mask was the fallback's; carry that by flow
+            held = self._propagate_flow(state, flows)
+            for b in empty:
+                c = 1 if b < n else 0
+                merged[b] = torch.from_numpy(cv2.resize(held[b % n, c], (ws, hs), interpolation=cv2.INTER_AREA))
+        return torch.stack([merged[n:], merged[:n]], dim=1).clamp(0.0, 1.0)

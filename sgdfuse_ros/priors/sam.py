@@ -61,6 +61,7 @@ from torch import Tensor
 from .base import SAM_MODEL_TYPES, SemanticPrior
 from .fallback import FallbackPrior, SaliencyParams, ir_score_map, soft_threshold, vis_score_map
 from .sam_speed import decode_shared, use_sdpa
+from .segments import compose_segments, segment_scores
 
 #: ``precision`` option -> autocast dtype (None: fp32, no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -182,7 +183,7 @@ def build_sam_tiny(img_size: int = 128, embed_dim: int = 32, depth: int = 2, pro
 
 
 # --------------------------------------------------------------------------------------------
-# Segment selection and composition (pure tensor functions, unit-tested)
+# Segment selection (a pure tensor function, unit-tested; scoring and merging: .segments)
 # --------------------------------------------------------------------------------------------
 
 
@@ -201,49 +202,6 @@ def select_segments(logits: Tensor, iou_pred: Tensor, *, pred_iou_thresh: float,
     stab = calculate_stability_score(logits, mask_threshold, stability_score_offset)
     stab = torch.nan_to_num(stab, nan=0.0)  # 0/0 for masks empty at the low threshold
     return (iou_pred >= pred_iou_thresh) & (stab >= stability_score_thresh)
-
-
-def segment_scores(segments: Tensor, score_map: Tensor) -> Tensor:
-    """Mean of ``score_map`` over each segment.
-
-    Args:
-        segments: [K, h, w] in [0, 1] (binary or soft).
-        score_map: [h, w] per-pixel saliency score.
-    Returns:
-        [K] float; 0 for an empty segment.
-    """
-    flat = segments.reshape(segments.shape[0], -1).to(score_map.dtype)
-    area = flat.sum(dim=1)
-    return (flat @ score_map.reshape(-1)) / area.clamp_min(1e-6)
-
-
-def compose_segments(segments: Tensor, scores: Tensor, *, threshold: float, softness: float,
-                     large_segment_frac: float = 0.6, keep: Tensor | None = None) -> Tensor:
-    """Merge scored segments into one soft saliency channel.
-
-    ``M(x) = max_k keep_k * soft_threshold(s_k, threshold, softness) * w(area_k) * S_k(x)``, with
-    ``w(a) = clip((1 - a) / (1 - large_segment_frac), 0, 1)`` (area as a fraction of the map).
-
-    Args:
-        segments: [K, h, w] in [0, 1].
-        scores: [K] saliency scores (same units as ``threshold``).
-        keep: optional [K] bool/float selection (dropped segments contribute 0).
-    Returns:
-        [h, w] float in [0, 1]; zeros when K == 0.
-    """
-    k, h, w = segments.shape
-    if k == 0:
-        return segments.new_zeros((h, w))
-    segments = segments.to(scores.dtype)
-    area = segments.mean(dim=(1, 2))
-    if large_segment_frac < 1.0:
-        w_area = ((1.0 - area) / (1.0 - large_segment_frac)).clamp(0.0, 1.0)
-    else:
-        w_area = torch.ones_like(area)
-    conf = soft_threshold(scores, threshold, softness) * w_area
-    if keep is not None:
-        conf = conf * keep.to(conf.dtype)
-    return (conf[:, None, None] * segments).amax(dim=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,6 +398,64 @@ class SamPrior(SemanticPrior):
                 calls = b
         return logits.float().unflatten(0, (b, p)), iou.float().unflatten(0, (b, p)), calls
 
+    def score_maps(self, thermal: Tensor, visible_rgb: Tensor, size: tuple[int, int]) -> Tensor:
+        """Per-pixel saliency score maps that segments are scored on, computed from the inputs (not SAM's
+        normalised copies), area-downsampled to ``size``.
+
+        thermal [N,1,H,W], visible_rgb [N,3,H,W] in [0,1] -> [2N, h, w] float: VIS_0..VIS_{N-1}, IR_0..IR_{N-1}
+        (the encoder's batch order).
+        """
+        p = self.params
+        if tuple(thermal.shape[-2:]) != tuple(size):
+            thermal = F.interpolate(thermal, size=size, mode="area")
+            visible_rgb = F.interpolate(visible_rgb, size=size, mode="area")
+        return torch.cat([vis_score_map(visible_rgb, p), ir_score_map(thermal, p)], dim=0)[:, 0]
+
+    def thresholds(self, n: int) -> list[float]:
+        """Saliency threshold per image of a batch of ``n`` pairs, in :meth:`score_maps` order."""
+        return [self.params.vis_threshold] * n + [self.params.ir_threshold] * n
+
+    def merge_segments(self, segments: list[Tensor], scores: list[Tensor]) -> Tensor:
+        """Merge already selected segments into one channel per image, as :meth:`masks` does.
+
+        Args:
+            segments: 2N tensors [K_b, h, w] in [0, 1] (binary or soft, e.g. warped), in :meth:`score_maps`
+                order; K_b may be 0.
+            scores: 2N tensors [K_b] of segment scores (:func:`.segments.segment_scores`).
+        Returns:
+            [2N, h, w] float in [0, 1]; an image without segments gives zeros (no ``empty_fallback`` here:
+            the caller decides what replaces it).
+        """
+        n = len(segments) // 2
+        out = [compose_segments(seg, sc, threshold=thr, softness=self.params.softness,
+                                large_segment_frac=self.large_segment_frac)
+               for seg, sc, thr in zip(segments, scores, self.thresholds(n), strict=True)]
+        return torch.stack(out)
+
+    def masks_from_segments(self, segments: list[Tensor], thermal: Tensor,
+                            visible_rgb: Tensor) -> tuple[Tensor, Tensor]:
+        """The second half of :meth:`masks` for given segments: score, merge, empty fallback, upsample.
+
+        ``masks_from_segments(last_segments, ...)`` after ``masks(...)`` with ``keep_segments`` gives the same
+        masks (tested); other segment sources (cached, warped, or a stand-in for SAM) go through the same merge.
+
+        Args:
+            segments: 2N tensors [K_b, hl, wl] in [0, 1], in :meth:`score_maps` order, all on one grid.
+            thermal: [N,1,H,W], visible_rgb: [N,3,H,W] in [0,1] (the frame the segments are scored on).
+        Returns:
+            (m_ir, m_vis), each [N,1,H,W] float32 in [0,1].
+        """
+        n, h, w = thermal.shape[0], thermal.shape[-2], thermal.shape[-1]
+        maps = self.score_maps(thermal, visible_rgb, tuple(segments[0].shape[-2:]))
+        segments = [seg.to(maps.dtype) for seg in segments]
+        merged = self.merge_segments(segments, [segment_scores(seg, maps[b]) for b, seg in enumerate(segments)])
+        if self.empty_fallback:
+            for b, (seg, threshold) in enumerate(zip(segments, self.thresholds(n), strict=True)):
+                if seg.shape[0] == 0:
+                    merged[b] = soft_threshold(maps[b], threshold, self.params.softness)
+        m = F.interpolate(merged[:, None], size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+        return m[n:].contiguous(), m[:n].contiguous()
+
     def _sync(self) -> None:
         if self.profile and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -470,12 +486,9 @@ class SamPrior(SemanticPrior):
         hl = max(1, min(L, int(round(nh * L / self.img_size))))
         wl = max(1, min(L, int(round(nw * L / self.img_size))))
 
-        # Score maps on the low-res grid, computed from the inputs (not SAM's normalised copies).
         p = self.params
-        ir_small = F.interpolate(thermal, size=(hl, wl), mode="area") if (hl, wl) != (h, w) else thermal
-        vis_small = F.interpolate(visible_rgb, size=(hl, wl), mode="area") if (hl, wl) != (h, w) else visible_rgb
-        score_maps = torch.cat([vis_score_map(vis_small, p), ir_score_map(ir_small, p)], dim=0)[:, 0]  # [2N,hl,wl]
-        thresholds = [p.vis_threshold] * n + [p.ir_threshold] * n
+        score_maps = self.score_maps(thermal, visible_rgb, (hl, wl))  # [2N, hl, wl]
+        thresholds = self.thresholds(n)
 
         b_all = 2 * n
         acc = score_maps.new_zeros((b_all, hl, wl))
