@@ -110,7 +110,8 @@ class CameraRun:
     superseded: int = 0  #: pairs replaced in the mailbox by a newer one before the worker took them
     elapsed_s: float = 0.0  #: first pair offered -> last pair done
     stats: list[FrameStats] = field(default_factory=list)  #: FrameStats of every fused pair, in order
-    frame_ms: list[float] = field(default_factory=list)  #: worker time per fused pair (process + complete)
+    #: worker time per fused pair (process + complete; pipelined: the call that finished it, which also began the next)
+    frame_ms: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  #: other drops by reason (decode errors, OOM ...)
 
     @property
@@ -129,7 +130,8 @@ def run_camera(
     """Feed ``core`` a pair every 1/``rate`` s (``make_pair(stamp_ns)`` -> (thermal msg, RGB msg)), newest wins.
 
     The camera runs in a thread and never waits for the worker; the worker (this thread) takes the newest pair,
-    runs ``core.process`` and ``core.complete`` and counts. Stops after ``frames`` fused pairs or ``seconds``,
+    runs it through ``core.submit`` (``core.process``, or pipelined with ``compute.pipeline_prior``, as the node
+    does) and ``core.complete`` and counts. Stops after ``frames`` fused pairs or ``seconds``,
     whichever comes first (at least one must be given). Accounting goes through ``core.accounting`` exactly as
     in the node: received, paired, superseded, fused.
     """
@@ -170,18 +172,23 @@ def run_camera(
     try:
         while time.monotonic() < deadline and (frames is None or run.fused < frames):
             with ready:
-                if not slot:
+                if not slot and not core.in_flight:
                     ready.wait(0.2)
-                if not slot:
-                    continue
-                thermal, rgb, received = slot.pop()
-            started = time.perf_counter()
-            outcome = core.process(thermal, rgb, received)
-            if outcome.result is None:
-                run.dropped[outcome.drop_reason] = run.dropped.get(outcome.drop_reason, 0) + 1
+                item = slot.pop() if slot else None
+            if item is None and not core.in_flight:
                 continue
-            run.stats.append(core.complete(outcome))
-            run.frame_ms.append((time.perf_counter() - started) * 1000.0)
+            started = time.perf_counter()
+            # As the node's worker: with a pair in flight (compute.pipeline_prior), finish it if nothing is newer.
+            done = core.flush() if item is None else core.submit(*item)
+            for _, outcome in done:
+                if outcome.result is None:
+                    run.dropped[outcome.drop_reason] = run.dropped.get(outcome.drop_reason, 0) + 1
+                    continue
+                run.stats.append(core.complete(outcome))
+                run.frame_ms.append((time.perf_counter() - started) * 1000.0)
+        for _, outcome in core.flush():  # a pair still in flight is finished, not counted
+            if outcome.result is not None:
+                core.complete(outcome)
     finally:
         stop.set()
         thread.join()

@@ -2,7 +2,7 @@
 
     python benchmarks/performance.py [--prior fallback|sam-tiny|sam-vit-b] [--sam-checkpoint PATH]
         [--stage2 | --no-stage2] [--device cpu|cuda] [--frames 30] [--warmup 3] [--rate 30] [--size 640x512]
-        [--threads 2] [--configs fp32,bf16,bf16+compile,bf16+compile+keyframe5] [--set KEY=VALUE ...]
+        [--threads 2] [--configs fp32,bf16,...] [--set KEY=VALUE ...]
 
 What one frame costs on a robot, measured the way the node runs it: host arrays (a bundled pair resized to
 --size; thermal as 16-bit radiometric counts, mono16, RGB as rgb8) are wrapped in sensor_msgs/Image-like
@@ -11,7 +11,9 @@ pair (as the node's synchronizer callback does, older ones count as "superseded"
 frame core (sgdfuse_ros.frame_core.FrameCore: decode, pipeline, accounting) up to the host uint8 outputs.
 
 Configurations are config overrides: fp32 {"compute.precision": "fp32"}, bf16 {"compute.precision": "bf16"},
-bf16+compile (+ "compute.compile": true), bf16+compile+keyframe5 (+ "prior.keyframe_interval": 5). One whose
+bf16+compile (+ "compute.compile": true), bf16+compile+keyframe5 (+ "prior.keyframe_interval": 5), and the
+same with the prior pipelined beside Stage I/II (+ "compute.pipeline_prior": true): bf16+pipeline,
+bf16+compile+keyframe5+pipeline. One whose
 parameter this version's FuseConfig lacks prints {"skipped": "<param> not available"}. compute.precision acts on
 CUDA only (the CPU runs fp32). Each configuration runs in a fresh process (torch threads, compiled graphs and
 peak memory are per process) after --warmup frames that are not counted.
@@ -54,6 +56,9 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "bf16": {"compute.precision": "bf16"},
     "bf16+compile": {"compute.precision": "bf16", "compute.compile": True},
     "bf16+compile+keyframe5": {"compute.precision": "bf16", "compute.compile": True, "prior.keyframe_interval": 5},
+    "bf16+pipeline": {"compute.precision": "bf16", "compute.pipeline_prior": True},
+    "bf16+compile+keyframe5+pipeline": {"compute.precision": "bf16", "compute.compile": True,
+                                        "prior.keyframe_interval": 5, "compute.pipeline_prior": True},
 }
 PRIORS = ("fallback", "sam-tiny", "sam-vit-b")
 #: Thermal counts the 8-bit sample is spread over: the default thermal.counts_min .. counts_max.

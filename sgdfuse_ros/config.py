@@ -233,6 +233,12 @@ class DeviceConfig:
         "After 3 CUDA out-of-memory errors in a row move the networks to the CPU (with compute.torch_threads) "
         "instead of retrying on the GPU after a back-off.",
     )
+    pipeline_prior: bool = _param(
+        False,
+        "On CUDA, run the semantic prior of the next pair on its own stream while Stage I/II of the current one "
+        "run (same outputs, order and stamps; up to one more pair in flight). Not measured on a GPU yet; the "
+        "CPU gains nothing from it (docs/performance.md 'Pipelining').",
+    )
     cuda_error_exit_after: int = _param(
         3,
         "Exit with status 3 after this many consecutive frames failed with a 'CUDA error' (a sticky device "
@@ -550,50 +556,3 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
             raise ConfigError(item, item, "--set expects section.key=value")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def render_parameter_yaml() -> str:
-    """config/fuse.yaml: every parameter with its default, description, allowed values and run-time status."""
-    import textwrap
-
-    import yaml
-
-    lines = [
-        "# sgdfuse_ros parameters (ROS 2 parameter file; also read by the library and the CLI).",
-        "# Generated from sgdfuse_ros/config.py (python -m sgdfuse_ros.config > config/fuse.yaml); edit freely.",
-        "# '/**' applies to the node whatever its name or namespace.",
-        "/**:",
-        "  ros__parameters:",
-    ]
-    section = None
-    for spec in parameter_specs():
-        name_section, key = _split(spec.name)
-        if name_section != section:
-            section = name_section
-            lines.append(f"    {section}:")
-        status = "read-only" if spec.read_only else "changeable at run time"
-        note = f"{spec.description} [{spec.allowed()}; {status}]"
-        lines.extend(textwrap.wrap(note, width=100, initial_indent="      # ", subsequent_indent="      # "))
-        lines.append(
-            f"      {key}: {yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix('...').strip()}"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def render_parameter_table() -> str:
-    """Markdown table of every parameter (README): name, default, allowed values, run-time status, meaning."""
-    import yaml
-
-    rows = ["| parameter | default | allowed | run time | meaning |", "|---|---|---|---|---|"]
-    for spec in parameter_specs():
-        default = yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix("...").strip()
-        allowed = spec.allowed().removeprefix("allowed: ")
-        status = "read-only" if spec.read_only else "changeable"
-        rows.append(f"| `{spec.name}` | `{default}` | {allowed} | {status} | {spec.description} |")
-    return "\n".join(rows) + "\n"
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(render_parameter_table() if "--markdown" in sys.argv else render_parameter_yaml(), end="")

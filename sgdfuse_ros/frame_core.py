@@ -39,7 +39,7 @@ import torch
 from .config import FuseConfig
 from .imaging import InvalidImageError
 from .messages import rgb_to_array, thermal_to_array
-from .pipeline import FusionPipeline, FusionResult
+from .pipeline import BegunFrame, FusionPipeline, FusionResult
 from .sync import PairAccounting, stamp_ns
 
 __all__ = [
@@ -120,6 +120,8 @@ class FrameOutcome:
     #: Decoded inputs (None when decoding failed), for offline metrics.
     inputs: tuple[np.ndarray, str, np.ndarray, str] | None = None
     config_generation: int = 0
+    #: Between :meth:`FrameCore.begin` and :meth:`FrameCore.finish`: the pipeline's half-done frame.
+    begun: BegunFrame | None = None
 
     @property
     def fused(self) -> bool:
@@ -165,6 +167,7 @@ class FrameCore:
         keep_preliminary: bool = False,
     ) -> None:
         self.pipeline = pipeline
+        self._in_flight: tuple[Any, FrameOutcome] | None = None
         self.accounting = accounting
         self.keep_preliminary = bool(keep_preliminary)
         self.config_generation = 0
@@ -190,31 +193,98 @@ class FrameCore:
         return max(0.0, self._faults.backoff_until - self._clock())
 
     def process(self, thermal_msg: Any, rgb_msg: Any, received: float) -> FrameOutcome:
-        """Decode and fuse one pair (Image or CompressedImage messages, rclpy or rosbags).
+        """Decode and fuse one pair (Image or CompressedImage messages, rclpy or rosbags): :meth:`begin`, then
+        :meth:`finish`.
 
         A dropped pair is counted here; a fused one is counted by :meth:`complete`, once its outputs are out.
         Raises:
             FatalDeviceError: the sticky-CUDA-error rule fired (this pair is counted as dropped first).
         """
+        return self.finish(self.begin(thermal_msg, rgb_msg, received))
+
+    def begin(self, thermal_msg: Any, rgb_msg: Any, received: float) -> FrameOutcome:
+        """Decode the pair and run the first half of the pipeline (:meth:`FusionPipeline.begin`: preprocess and
+        prior). A dropped pair comes back counted, with ``drop_reason`` set; otherwise :meth:`finish` must follow,
+        for the pairs in the order they were begun. Raises FatalDeviceError as :meth:`process` does."""
         outcome = FrameOutcome(thermal_msg, rgb_msg, received, config_generation=self.config_generation)
-        config = self.pipeline.config
-        try:
-            limit = config.node.max_image_bytes
+        limit = self.pipeline.config.node.max_image_bytes
+
+        def first_half() -> None:
             thermal, thermal_encoding = thermal_to_array(thermal_msg, limit)
             rgb, rgb_encoding = rgb_to_array(rgb_msg, limit)
             outcome.inputs = (thermal, thermal_encoding, rgb, rgb_encoding)
-            outcome.result = self.pipeline.fuse(
-                thermal, rgb, thermal_encoding, rgb_encoding, keep_preliminary=self.keep_preliminary
-            )
-        except InvalidImageError as error:
-            return self._dropped(outcome, error.reason, str(error), "warning")
-        except torch.cuda.OutOfMemoryError as error:
-            return self._out_of_memory(outcome, error)
-        except Exception as error:  # noqa: BLE001 - any pipeline fault drops the frame; the caller keeps serving
-            return self._failed(outcome, error)
-        faults = self._faults
-        faults.consecutive_oom = faults.consecutive_errors = faults.consecutive_cuda_errors = 0
-        return outcome
+            outcome.begun = self.pipeline.begin(thermal, rgb, thermal_encoding, rgb_encoding)
+
+        return self._guarded(outcome, first_half)
+
+    def finish(self, outcome: FrameOutcome) -> FrameOutcome:
+        """Run the second half (:meth:`FusionPipeline.finish`) of a begun pair; a dropped one passes through."""
+        begun, outcome.begun = outcome.begun, None
+        if begun is None:
+            return outcome
+
+        def second_half() -> None:
+            outcome.result = self.pipeline.finish(begun, keep_preliminary=self.keep_preliminary)
+
+        return self._guarded(outcome, second_half)
+
+    # -- one pair in flight (compute.pipeline_prior) ---------------------------------------------------
+    @property
+    def pipelined(self) -> bool:
+        """Whether :meth:`submit` keeps a begun pair in flight (``compute.pipeline_prior``).
+
+        On CUDA the prior then runs on its own stream beside Stage I/II of the previous pair; on the CPU only the
+        order of the work changes (nothing runs at the same time), which keeps the schedule testable here.
+        """
+        return self.pipeline.config.compute.pipeline_prior
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a begun pair waits for :meth:`submit` or :meth:`flush` to finish it."""
+        return self._in_flight is not None
+
+    def submit(
+        self, thermal_msg: Any, rgb_msg: Any, received: float, tag: Any = None
+    ) -> list[tuple[Any, FrameOutcome]]:
+        """Begin this pair; return the pairs completed meanwhile, oldest first, as (tag, outcome).
+
+        Serial: this pair, finished. Pipelined: the pair in flight is finished after this pair's prior has been
+        queued (so the GPU computes both at once), and this pair stays in flight unless it was dropped already.
+        Raises FatalDeviceError as :meth:`process`, after counting every pair it held as dropped.
+        """
+        try:
+            outcome = self.begin(thermal_msg, rgb_msg, received)
+        except FatalDeviceError:
+            self._abandon_in_flight()
+            raise
+        if not self.pipelined:
+            return [(tag, self.finish(outcome))]
+        try:
+            done = self.flush()
+        except FatalDeviceError:
+            self._in_flight = (tag, outcome)
+            self._abandon_in_flight()
+            raise
+        if outcome.begun is None:
+            done.append((tag, outcome))
+        else:
+            self._in_flight = (tag, outcome)
+        return done
+
+    def flush(self) -> list[tuple[Any, FrameOutcome]]:
+        """Finish the pair in flight, if any: [] or [(tag, outcome)]."""
+        if self._in_flight is None:
+            return []
+        tag, outcome = self._in_flight
+        self._in_flight = None
+        return [(tag, self.finish(outcome))]
+
+    def _abandon_in_flight(self) -> None:
+        """Count a begun pair that will never be finished (the process is about to exit) as dropped."""
+        if self._in_flight is not None and self._in_flight[1].begun is not None:
+            self._in_flight[1].begun = None
+            self.accounting.on_dropped("pipeline_error")
+        self._in_flight = None
 
     def complete(self, outcome: FrameOutcome, stamp_age_ms: float = math.nan) -> FrameStats:
         """Count a fused pair whose outputs were delivered; returns its stats."""
@@ -240,8 +310,23 @@ class FrameCore:
         return replace(self._faults)
 
     # -- error policy ------------------------------------------------------------------------------
+    def _guarded(self, outcome: FrameOutcome, work: Callable[[], None]) -> FrameOutcome:
+        """Run one half of a frame under the error policy."""
+        try:
+            work()
+        except InvalidImageError as error:
+            return self._dropped(outcome, error.reason, str(error), "warning")
+        except torch.cuda.OutOfMemoryError as error:
+            return self._out_of_memory(outcome, error)
+        except Exception as error:  # noqa: BLE001 - any pipeline fault drops the frame; the caller keeps serving
+            return self._failed(outcome, error)
+        if outcome.result is not None:
+            faults = self._faults
+            faults.consecutive_oom = faults.consecutive_errors = faults.consecutive_cuda_errors = 0
+        return outcome
+
     def _dropped(self, outcome: FrameOutcome, reason: str, message: str, level: str) -> FrameOutcome:
-        outcome.result = None
+        outcome.result = outcome.begun = None
         outcome.drop_reason, outcome.drop_message, outcome.drop_level = reason, message, level
         self.accounting.on_dropped(reason)
         return outcome

@@ -9,9 +9,10 @@ only when the caller asks for it (``keep_preliminary``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,7 +24,7 @@ from .imaging import ThermalScaler, merge_luma_chroma, register_thermal, rgb_to_
 from .models.stage1 import default_stage1_weights_path, load_stage1
 from .priors import SemanticPrior, build_prior
 
-__all__ = ["FusionPipeline", "FusionResult", "Refiner", "resolve_device"]
+__all__ = ["BegunFrame", "FusionPipeline", "FusionResult", "Refiner", "resolve_device"]
 
 _LOG = logging.getLogger(__name__)
 #: Thermal and RGB aspect ratios differing by more than this fraction are warned about under registration.mode
@@ -104,6 +105,7 @@ class FusionPipeline:
         self.device = torch.device(device)
         self.device_note = ""
         self.thermal_scaler = ThermalScaler(config.thermal)
+        self._prior_stream: torch.cuda.Stream | None = None
         self._aspect_checked: set[tuple[tuple[int, int], tuple[int, int]]] = set()
 
     @classmethod
@@ -177,6 +179,7 @@ class FusionPipeline:
         if self.refiner is not None and hasattr(self.refiner, "to"):
             self.refiner.to(device)
         self.device = device
+        self._prior_stream = None  # a stream belongs to one device
         return self
 
     def prepare(
@@ -216,7 +219,7 @@ class FusionPipeline:
         rgb_encoding: str = "rgb8",
         keep_preliminary: bool = False,
     ) -> FusionResult:
-        """Fuse one pair.
+        """Fuse one pair: :meth:`begin` then :meth:`finish`.
 
         Args:
             thermal: raw thermal [h, w] (uint8 mono8/8UC1, uint16 mono16/16UC1, float32 32FC1).
@@ -228,14 +231,45 @@ class FusionPipeline:
         Raises:
             imaging.InvalidImageError for unusable input; torch.cuda.OutOfMemoryError is left to the caller.
         """
-        timings: dict[str, float] = {}
-        clock = _StageClock(self.device, timings)
-        with clock("preprocess"):
+        return self.finish(self.begin(thermal, rgb, thermal_encoding, rgb_encoding), keep_preliminary)
+
+    @torch.inference_mode()
+    def begin(self, thermal: np.ndarray, rgb: np.ndarray, thermal_encoding: str = "mono8",
+              rgb_encoding: str = "rgb8") -> BegunFrame:
+        """The first half of :meth:`fuse`: preprocess, upload, semantic prior (same arguments and errors).
+
+        With ``compute.pipeline_prior`` on CUDA the prior is queued on its own stream and this returns without
+        waiting for it, so the caller can :meth:`finish` the previous frame while the GPU computes this prior.
+        Frames must be finished in the order they were begun (the thermal scaler and a keyframed prior keep
+        state from frame to frame).
+        """
+        clock = _StageClock(self.device)
+        with clock("preprocess", host=True):
             ir_np, vis_np = self.prepare(thermal, rgb, thermal_encoding, rgb_encoding)
-            ir = torch.from_numpy(ir_np)[None, None].to(self.device)
-            vis = torch.from_numpy(vis_np).permute(2, 0, 1)[None].contiguous().to(self.device)
-        with clock("prior"):
-            mask_ir, mask_vis = self.prior.masks(ir, vis)
+        stream = self.prior_stream
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            with clock("upload"):
+                ir = torch.from_numpy(ir_np)[None, None].to(self.device)
+                vis = torch.from_numpy(vis_np).permute(2, 0, 1)[None].contiguous().to(self.device)
+            with clock("prior"):
+                mask_ir, mask_vis = self.prior.masks(ir, vis)
+            done = None
+            if stream is not None:
+                done = torch.cuda.Event()
+                done.record(stream)
+        return BegunFrame(ir, vis, mask_ir, mask_vis, clock, done)
+
+    @torch.inference_mode()
+    def finish(self, frame: BegunFrame, keep_preliminary: bool = False) -> FusionResult:
+        """The second half of :meth:`fuse`: Stage I, Stage II, outputs to the host (see :meth:`fuse`)."""
+        ir, vis, mask_ir, mask_vis, clock = frame.thermal, frame.visible, frame.mask_ir, frame.mask_vis, frame.clock
+        if frame.prior_done is not None:
+            # The prior ran on its own stream: this stream waits for it on the GPU (the host does not), and the
+            # allocator must not reuse its tensors before this stream is done with them.
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(frame.prior_done)
+            for tensor in (ir, vis, mask_ir, mask_vis):
+                tensor.record_stream(current)
         with clock("stage1"), self._autocast():
             vis_y, chroma = split_luma_chroma(vis)
             fused_y = self._stage1_fn(ir, vis_y).float()
@@ -251,10 +285,19 @@ class FusionPipeline:
                 # Without Stage II the fused image is F1: a host copy instead of a second device transfer.
                 preliminary_u8 = fused_u8.copy() if fused is preliminary else _to_uint8(preliminary)
             masks = _to_uint8(mask_ir), _to_uint8(mask_vis)
-        timings["total"] = sum(timings.values())
+        timings = clock.milliseconds()  # the copies above waited for the device: every event has completed
         return FusionResult(
             fused=fused_u8, preliminary=preliminary_u8, mask_ir=masks[0], mask_vis=masks[1], timings_ms=timings
         )
+
+    @property
+    def prior_stream(self) -> torch.cuda.Stream | None:
+        """The prior's own CUDA stream (``compute.pipeline_prior`` on CUDA), else None: everything on one stream."""
+        if not (self.config.compute.pipeline_prior and self.device.type == "cuda"):
+            return None
+        if self._prior_stream is None:
+            self._prior_stream = torch.cuda.Stream(self.device)
+        return self._prior_stream
 
     def _autocast(self) -> torch.autocast:
         precision = self.config.compute.precision
@@ -263,31 +306,52 @@ class FusionPipeline:
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
 
 
+@dataclass
+class BegunFrame:
+    """A frame between :meth:`FusionPipeline.begin` and :meth:`FusionPipeline.finish` (tensors on the device)."""
+
+    thermal: torch.Tensor  #: [1, 1, H, W] in [0, 1], registered onto the RGB grid
+    visible: torch.Tensor  #: [1, 3, H, W] in [0, 1]
+    mask_ir: torch.Tensor  #: [1, 1, H, W] in [0, 1]
+    mask_vis: torch.Tensor  #: [1, 1, H, W] in [0, 1]
+    clock: _StageClock  #: the frame's stage timings so far
+    prior_done: torch.cuda.Event | None  #: recorded on the prior stream after the prior (pipeline_prior on CUDA)
+
+
 class _StageClock:
-    """Context-manager factory timing named stages (synchronising CUDA so times are real)."""
+    """Times named stages without synchronising the device.
 
-    def __init__(self, device: torch.device, timings: dict[str, float]) -> None:
-        self.device = device
-        self.timings = timings
+    On the CPU, and for ``host=True`` stages (host work), the wall time. On CUDA, a pair of events recorded on
+    the current stream around the stage; :meth:`milliseconds` reads them once the frame's outputs have been
+    copied to the host, which has already waited for them, so timing adds no synchronisation to the frame.
+    """
 
-    def __call__(self, name: str) -> _Stage:
-        return _Stage(name, self._sync, self.timings)
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.stages: dict[str, float | tuple[torch.cuda.Event, torch.cuda.Event]] = {}
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    @contextlib.contextmanager
+    def __call__(self, name: str, host: bool = False) -> Iterator[None]:
+        if self.cuda and not host:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.stages[name] = (start, end)
+        else:
+            begin = time.perf_counter()
+            yield
+            self.stages[name] = (time.perf_counter() - begin) * 1000.0
 
-
-class _Stage:
-    def __init__(self, name: str, sync: Callable[[], None], timings: dict[str, float]) -> None:
-        self.name, self.sync, self.timings = name, sync, timings
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.sync()
-        self.timings[self.name] = (time.perf_counter() - self.start) * 1000.0
+    def milliseconds(self) -> dict[str, float]:
+        """{stage: ms} plus "total" (their sum); "upload" is reported as part of "preprocess"."""
+        times = {name: value if isinstance(value, float) else value[0].elapsed_time(value[1])
+                 for name, value in self.stages.items()}
+        times["preprocess"] = times.get("preprocess", 0.0) + times.pop("upload", 0.0)
+        ordered = {name: times[name] for name in ("preprocess", "prior", "stage1", "stage2", "postprocess")
+                   if name in times}
+        ordered["total"] = sum(ordered.values())
+        return ordered
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -13,8 +13,8 @@ from sgdfuse_ros.config import (
     flatten,
     load_config,
     parameter_specs,
-    render_parameter_yaml,
 )
+from sgdfuse_ros.parameter_docs import render_parameter_table, render_parameter_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FUSE_YAML = REPO / "config" / "fuse.yaml"
@@ -95,8 +95,6 @@ def test_package_resources_are_found_and_missing_ones_say_where_they_were_looked
 
 
 def test_readme_parameter_table_is_the_rendering_of_the_specs():
-    from sgdfuse_ros.config import render_parameter_table
-
     readme = (REPO / "README.md").read_text()
     begin = readme.index("<!-- parameter table")
     table = readme[readme.index("\n", begin) + 1 : readme.index("<!-- end of parameter table -->")]

@@ -73,12 +73,12 @@ class Harness:
 
 @pytest.fixture
 def harness(pipeline, images):
-    original = (pipeline.config, pipeline.fuse, pipeline.device)
+    original = (pipeline.config, pipeline.begin, pipeline.device)
     yield lambda **overrides: Harness(pipeline, images, FuseConfig().updated({"compute.torch_threads": 1, **overrides}))
     pipeline.config = original[0]
     pipeline.device = original[2]
-    if "fuse" in vars(pipeline):
-        del pipeline.fuse
+    if "begin" in vars(pipeline):
+        del pipeline.begin
 
 
 def test_a_fused_pair_counts_and_carries_the_node_stats(harness):
@@ -105,7 +105,7 @@ def test_invalid_input_is_dropped_with_its_reason_and_never_counted_fused(harnes
 def test_oom_backs_off_and_retries_on_the_gpu_by_default(harness, pipeline):
     h = harness()
     pipeline.device = torch.device("cuda:0")  # no GPU here: the policy, not the allocator, is under test
-    pipeline.fuse = lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried"))
+    pipeline.begin = lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried"))
     backoffs = []
     for count in range(1, OOM_CPU_FALLBACK_AFTER + 3):
         outcome, _ = h.run()
@@ -116,7 +116,7 @@ def test_oom_backs_off_and_retries_on_the_gpu_by_default(harness, pipeline):
     h.clock.now += 4.0
     assert h.core.backoff_remaining() == 0.0
     pipeline.device = torch.device("cpu")
-    del pipeline.fuse
+    del pipeline.begin
     outcome, _ = h.run()
     assert outcome.fused and h.core.health().consecutive_oom == 0  # success resets the streak
 
@@ -133,7 +133,7 @@ def test_oom_cpu_fallback_only_when_allowed_with_the_thread_count_set(harness, p
     monkeypatch.setattr(pipeline, "to", move)
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    pipeline.fuse = lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    pipeline.begin = lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     for _ in range(OOM_CPU_FALLBACK_AFTER):
         h.run()
     assert moved == ["cpu"] and threads == [1]
@@ -153,7 +153,7 @@ def test_sticky_cuda_error_is_fatal_after_the_configured_count_and_other_errors_
     def fuse(*args, **kwargs):
         raise next(errors)
 
-    pipeline.fuse = fuse
+    pipeline.begin = fuse
     for _ in range(5):
         outcome, _ = h.run()
         assert outcome.drop_reason == "pipeline_error"
@@ -166,7 +166,7 @@ def test_sticky_cuda_error_is_fatal_after_the_configured_count_and_other_errors_
 
 def test_cuda_error_exit_can_be_disabled(harness, pipeline):
     h = harness(**{"compute.cuda_error_exit_after": 0})
-    pipeline.fuse = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: device-side assert triggered"))
+    pipeline.begin = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: device-side assert triggered"))
     for _ in range(5):
         assert h.run()[0].drop_reason == "pipeline_error"
 

@@ -149,7 +149,7 @@ def faulty_pipeline(config):
     def fuse(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    pipeline.fuse = fuse
+    pipeline.begin = fuse
     return pipeline
 
 sys.exit(run(sys.argv, pipeline_factory=faulty_pipeline))

@@ -578,7 +578,7 @@ def test_a_looped_bag_pairs_every_pass_after_the_time_jump_reset(live) -> None:
 
 def test_newest_pair_wins_and_superseded_is_counted(live, monkeypatch) -> None:
     pipeline = live.node.pipeline
-    real_fuse = pipeline.fuse
+    real_fuse = pipeline.begin
     busy = threading.Event()
 
     def slow_fuse(*args, **kwargs):
@@ -587,7 +587,7 @@ def test_newest_pair_wins_and_superseded_is_counted(live, monkeypatch) -> None:
             time.sleep(1.0)  # keep the worker busy while two more pairs arrive
         return real_fuse(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fuse", slow_fuse)
+    monkeypatch.setattr(pipeline, "begin", slow_fuse)
     before = live.dropped("superseded")
     first, second, third = live.stamp(), live.stamp(), live.stamp()
     live.send(*live.pair(first))
@@ -603,7 +603,7 @@ def test_newest_pair_wins_and_superseded_is_counted(live, monkeypatch) -> None:
 
 def test_cuda_oom_drops_the_frame_and_keeps_serving(live, monkeypatch) -> None:
     pipeline = live.node.pipeline
-    real_fuse = pipeline.fuse
+    real_fuse = pipeline.begin
     raised = []
 
     def oom_once(*args, **kwargs):
@@ -612,7 +612,7 @@ def test_cuda_oom_drops_the_frame_and_keeps_serving(live, monkeypatch) -> None:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fuse(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fuse", oom_once)
+    monkeypatch.setattr(pipeline, "begin", oom_once)
     before = live.dropped("cuda_oom")
     stamp = live.stamp()
     live.send(*live.pair(stamp))
@@ -631,7 +631,7 @@ def test_repeated_cuda_oom_moves_the_pipeline_to_the_cpu(live, monkeypatch) -> N
     the CUDA caching allocator raises); the node's reaction is what is tested.
     """
     pipeline = live.node.pipeline
-    real_fuse = pipeline.fuse
+    real_fuse = pipeline.begin
     monkeypatch.setattr(pipeline, "device", torch.device("cuda:0"))
     monkeypatch.setattr(pipeline, "config", pipeline.config.updated({"compute.oom_cpu_fallback": True}))
 
@@ -640,7 +640,7 @@ def test_repeated_cuda_oom_moves_the_pipeline_to_the_cpu(live, monkeypatch) -> N
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
         return real_fuse(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fuse", fuse)
+    monkeypatch.setattr(pipeline, "begin", fuse)
     before = live.dropped("cuda_oom")
     for k in range(3):
         live.send(*live.pair(live.stamp()))
@@ -668,7 +668,7 @@ def test_pipeline_errors_are_dropped_and_raise_diagnostics_to_error(live, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("stage1 exploded")
 
-    monkeypatch.setattr(pipeline, "fuse", broken)
+    monkeypatch.setattr(pipeline, "begin", broken)
     before = live.dropped("pipeline_error")
     for k in range(3):
         live.send(*live.pair(live.stamp()))

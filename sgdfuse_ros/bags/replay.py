@@ -113,7 +113,7 @@ def evaluate_bag(
     Returns the report dict.
     """
     from .. import metrics as fusion_metrics
-    from ..frame_core import FatalDeviceError, FrameCore
+    from ..frame_core import FatalDeviceError, FrameCore, FrameOutcome
 
     say = progress or (lambda text: None)
     store = typestore(distro)
@@ -140,6 +140,55 @@ def evaluate_bag(
         metrics_s = 0.0
         frames: list[dict] = []
         first_log = last_log = None
+
+        def deliver(thermal_item: _Pending, rgb_item: _Pending, log_time: int, outcome: FrameOutcome) -> None:
+            """Write one completed pair's outputs (at the log time of the message that completed it) and report it."""
+            nonlocal metrics_s
+            if outcome.result is None:
+                say(f"dropped pair at RGB stamp {rgb_item.stamp} ({outcome.drop_reason}): {outcome.drop_message}")
+                return
+            result = outcome.result
+            header = rgb_item.msg.header
+            for key, image, encoding in (
+                ("fused", result.fused, "rgb8"),
+                ("mask_ir", result.mask_ir, "mono8"),
+                ("mask_vis", result.mask_vis, "mono8"),
+            ):
+                out_msg = image_message(store, image, encoding, rgb_item.stamp, header.frame_id)
+                writer.write(OUTPUT_TOPICS[key], out_msg, log_time)
+            stats = core.complete(outcome)
+            writer.write(OUTPUT_TOPICS["stats"], _stats_message(store, header, stats), log_time)
+            index_fused = stats.counters["fused"] - 1
+            frames.append(
+                {
+                    "index": index_fused,
+                    "stamp_ns": rgb_item.stamp,
+                    "thermal_stamp_ns": thermal_item.stamp,
+                    "stamp_difference_ms": stats.stamp_difference_ms,
+                    "log_time_ns": log_time,
+                    "latency_ms": stats.latency_ms,
+                    "timings_ms": dict(result.timings_ms),
+                    "width": int(result.fused.shape[1]),
+                    "height": int(result.fused.shape[0]),
+                }
+            )
+            metrics_started = time.perf_counter()
+            if metrics or index_fused in samples.indices:
+                ir_src, vis_src = metric_sources(*outcome.inputs, config)
+                if metrics:
+                    values = fusion_metrics.evaluate(
+                        np.ascontiguousarray(result.fused[:, :, ::-1]), ir_src, vis_src
+                    )
+                    frames[-1]["metrics"] = {k: float(v) for k, v in values.items()}
+                samples.offer(
+                    index_fused,
+                    f"#{index_fused} t={rgb_item.stamp / 1e9:.3f}",
+                    (ir_src, vis_src[:, :, ::-1], result.fused, result.mask_ir, result.mask_vis),
+                )
+            metrics_s += time.perf_counter() - metrics_started
+            if (index_fused + 1) % 10 == 0:
+                say(f"{index_fused + 1} frames fused")
+
         started = time.perf_counter()
         try:
             for message in iter_raw(bag, (thermal_topic, rgb_topic)):
@@ -159,54 +208,17 @@ def evaluate_bag(
                 thermal_item, rgb_item = pair
                 counters.on_pair(thermal_item.stamp, rgb_item.stamp)
                 try:
-                    outcome = core.process(thermal_item.msg, rgb_item.msg, time.monotonic())
+                    done = core.submit(thermal_item.msg, rgb_item.msg, time.monotonic(),
+                                       (thermal_item, rgb_item, message.log_time))
                 except FatalDeviceError as error:
                     raise BagError(f"{error}; nothing was written") from None
-                if outcome.result is None:
-                    say(f"dropped pair at RGB stamp {rgb_item.stamp} ({outcome.drop_reason}): {outcome.drop_message}")
-                    continue
-                result = outcome.result
-                header = rgb_item.msg.header
-                log_time = message.log_time
-                for key, image, encoding in (
-                    ("fused", result.fused, "rgb8"),
-                    ("mask_ir", result.mask_ir, "mono8"),
-                    ("mask_vis", result.mask_vis, "mono8"),
-                ):
-                    out_msg = image_message(store, image, encoding, rgb_item.stamp, header.frame_id)
-                    writer.write(OUTPUT_TOPICS[key], out_msg, log_time)
-                stats = core.complete(outcome)
-                writer.write(OUTPUT_TOPICS["stats"], _stats_message(store, header, stats), log_time)
-                index_fused = stats.counters["fused"] - 1
-                frames.append(
-                    {
-                        "index": index_fused,
-                        "stamp_ns": rgb_item.stamp,
-                        "thermal_stamp_ns": thermal_item.stamp,
-                        "stamp_difference_ms": stats.stamp_difference_ms,
-                        "log_time_ns": log_time,
-                        "latency_ms": stats.latency_ms,
-                        "timings_ms": dict(result.timings_ms),
-                        "width": int(result.fused.shape[1]),
-                        "height": int(result.fused.shape[0]),
-                    }
-                )
-                metrics_started = time.perf_counter()
-                if metrics or index_fused in samples.indices:
-                    ir_src, vis_src = metric_sources(*outcome.inputs, config)
-                    if metrics:
-                        values = fusion_metrics.evaluate(
-                            np.ascontiguousarray(result.fused[:, :, ::-1]), ir_src, vis_src
-                        )
-                        frames[-1]["metrics"] = {k: float(v) for k, v in values.items()}
-                    samples.offer(
-                        index_fused,
-                        f"#{index_fused} t={rgb_item.stamp / 1e9:.3f}",
-                        (ir_src, vis_src[:, :, ::-1], result.fused, result.mask_ir, result.mask_vis),
-                    )
-                metrics_s += time.perf_counter() - metrics_started
-                if (index_fused + 1) % 10 == 0:
-                    say(f"{index_fused + 1} frames fused")
+                for tag, outcome in done:
+                    deliver(*tag, outcome)
+            try:
+                for tag, outcome in core.flush():  # the pair still in flight (compute.pipeline_prior)
+                    deliver(*tag, outcome)
+            except FatalDeviceError as error:
+                raise BagError(f"{error}; nothing was written") from None
             sync.finish()
         finally:
             writer.close()

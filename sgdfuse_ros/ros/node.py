@@ -50,7 +50,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from sgdfuse_ros.config import ConfigError, FuseConfig, parameter_specs
-from sgdfuse_ros.frame_core import EXIT_CUDA_FAULT, FatalDeviceError, FrameCore, FrameStats
+from sgdfuse_ros.frame_core import EXIT_CUDA_FAULT, FatalDeviceError, FrameCore, FrameOutcome, FrameStats
 from sgdfuse_ros.health import FusionHealth, HealthSettings
 from sgdfuse_ros.msg import FusionStats, StageTiming
 from sgdfuse_ros.pipeline import FusionPipeline
@@ -399,34 +399,43 @@ class FusionNode(LifecycleNode):
         while True:
             self._apply_pending_config(core)
             backoff = core.backoff_remaining()
-            if backoff > 0.0 and not mailbox.closed:
+            if backoff > 0.0 and not mailbox.closed and not core.in_flight:
                 mailbox.wait_closed(backoff)  # after a CUDA OOM: newer pairs supersede the waiting one meanwhile
                 continue
-            pair = mailbox.take(timeout=0.5)
-            if pair is None:
+            # With a pair in flight (compute.pipeline_prior) do not wait: finish it now if nothing newer is there.
+            pair = mailbox.take(timeout=0.0 if core.in_flight else 0.5)
+            if pair is None and not core.in_flight:
                 if mailbox.closed:
                     return  # deactivated and drained
                 continue
-            self._apply_pending_config(core)  # a change accepted while waiting applies to this frame already
             try:
-                self._process(core, pair)
-            except FatalDeviceError as error:
-                pair.accounted = True
+                if pair is None:
+                    done = core.flush()
+                else:
+                    self._apply_pending_config(core)  # a change accepted while waiting applies to this frame already
+                    done = core.submit(pair.thermal, pair.rgb, pair.received, pair)
+            except FatalDeviceError as error:  # the core has counted every pair it held
                 log.fatal(f"{error}: exiting with status {EXIT_CUDA_FAULT} (docs/node.md 'Faults')")
                 self.exit_code = EXIT_CUDA_FAULT
                 self.fatal.set()
                 return
-            except Exception as error:  # noqa: BLE001 - the worker must survive anything (e.g. a publish error)
-                text = f"{type(error).__name__}: {error}"
-                if not pair.accounted:
-                    pair.accounted = True
-                    core.drop("pipeline_error")
-                    self._log_drop("pipeline_error", pair.rgb, text, "error")
-                else:
-                    log.error(f"after publishing a fused frame: {text}")
+            for done_pair, outcome in done:
+                self._deliver(core, done_pair, outcome)
 
-    def _process(self, core: FrameCore, pair: Pair) -> None:
-        outcome = core.process(pair.thermal, pair.rgb, pair.received)
+    def _deliver(self, core: FrameCore, pair: Pair, outcome: FrameOutcome) -> None:
+        """Publish a fused pair's outputs and stats, or log a dropped one; never raises."""
+        try:
+            self._publish(core, pair, outcome)
+        except Exception as error:  # noqa: BLE001 - the worker must survive anything (e.g. a publish error)
+            text = f"{type(error).__name__}: {error}"
+            if not pair.accounted:
+                pair.accounted = True
+                core.drop("pipeline_error")
+                self._log_drop("pipeline_error", pair.rgb, text, "error")
+            else:
+                self.get_logger().error(f"after publishing a fused frame: {text}")
+
+    def _publish(self, core: FrameCore, pair: Pair, outcome: FrameOutcome) -> None:
         if outcome.result is None:
             pair.accounted = True
             self._log_drop(outcome.drop_reason, pair.rgb, outcome.drop_message, outcome.drop_level)
