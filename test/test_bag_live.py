@@ -83,6 +83,10 @@ CASES = {
 #: image whose data is half its declared size. Live and offline must drop the same pairs for the same reasons.
 CASES["bad_frames"] = {"make": "bad_frames", "node": [], "play": ["--rate", "0.5"], "sim_time": False}
 BAD_FRAMES = {"/thermal/image": (8, "thermal_encoding"), "/rgb/image": (18, "rgb_data_size")}
+#: The same with compute.pipeline_prior on both sides: the next pair begun before the current one is finished
+#: (offline always, live when pairs queue up) must change nothing in outputs, order, stamps or accounting.
+CASES["bad_frames_pipelined"] = {**CASES["bad_frames"], "node": ["-p", "compute.pipeline_prior:=true"],
+                                 "config": {"compute.pipeline_prior": True}}
 
 
 def _bag_with_bad_frames(path: Path) -> Path:
@@ -172,7 +176,7 @@ def test_live_node_outputs_equal_the_offline_eval(tmp_path, stage1_weights, case
                 process.wait()
     assert "published /rgb/image: " in logs["player"].read_text()
 
-    overrides = {"compute.torch_threads": 1}
+    overrides = {"compute.torch_threads": 1, **spec.get("config", {})}
     if stage1_weights:
         overrides["stage1.weights"] = stage1_weights
     config = FuseConfig().updated(overrides)

@@ -192,3 +192,76 @@ def test_stats_fields_match_the_message_definition():
     counters["fused"] = 0
     stats = FrameStats("fallback", "cpu", {}, 1.0, math.nan, 0.0, counters, 0)
     assert set(stats.message_fields()) | {"header", "timings"} == names
+
+
+# ---- one pair in flight (compute.pipeline_prior) ------------------------------------------------------------
+
+
+def _submit_all(h: Harness, encodings: list[str]) -> list:
+    """Submit pairs with these thermal encodings, then flush; [(tag, drop reason or fused arrays)] in delivery order."""
+    delivered = []
+
+    def take(done):
+        for tag, outcome in done:
+            result = outcome.result
+            delivered.append((tag, outcome.drop_reason if result is None else (result.fused, result.mask_ir)))
+            if result is not None:
+                h.core.complete(outcome)
+
+    for k, encoding in enumerate(encodings):
+        take(h.core.submit(*h.pair(encoding), received=h.clock(), tag=k))
+    take(h.core.flush())
+    return delivered
+
+
+def test_pipelined_submission_delivers_the_serial_outcomes_in_order(harness):
+    encodings = ["mono8", "mono8", "bgr8", "mono8", "mono8"]  # the third pair is unusable
+    serial_harness = harness()  # (the harnesses share one pipeline: the last one built sets its config)
+    assert not serial_harness.core.pipelined
+    serial = _submit_all(serial_harness, encodings)
+    serial_counts = serial_harness.accounting.snapshot()
+    h = harness(**{"compute.pipeline_prior": True})
+    assert h.core.pipelined
+    first = h.core.submit(*h.pair(), received=h.clock(), tag="a")
+    assert first == [] and h.core.in_flight  # begun, waiting for the next pair or a flush
+    (tag, outcome), = h.core.submit(*h.pair("bgr8"), received=h.clock(), tag="b")[:1]
+    assert tag == "a" and outcome.fused
+    h.core.complete(outcome)
+    assert not h.core.in_flight  # "b" was dropped while beginning: delivered right after "a"
+    h = harness(**{"compute.pipeline_prior": True})
+    pipelined = _submit_all(h, encodings)
+    assert [tag for tag, _ in pipelined] == [0, 1, 2, 3, 4]
+    for (_, a), (_, b) in zip(serial, pipelined, strict=True):
+        if isinstance(a, str):
+            assert a == b == "thermal_encoding"
+        else:
+            assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert h.accounting.snapshot() == serial_counts
+
+
+def test_a_fatal_error_counts_the_pair_in_flight_too(harness, pipeline):
+    h = harness(**{"compute.pipeline_prior": True, "compute.cuda_error_exit_after": 1})
+    assert h.core.submit(*h.pair(), received=h.clock(), tag=0) == []
+    pipeline.begin = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: unspecified launch failure"))
+    with pytest.raises(FatalDeviceError):
+        h.core.submit(*h.pair(), received=h.clock(), tag=1)
+    counts = h.accounting.snapshot()
+    assert counts["paired"] == 2 and counts["dropped"] == 2 and counts["fused"] == 0
+    assert not h.core.in_flight
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the prior's own stream)")
+def test_on_cuda_the_prior_stream_changes_no_output(images):
+    """Runs where CUDA exists (none here): the prior on its own stream beside Stage I, against one stream."""
+    outputs = {}
+    for pipelined in (False, True):
+        config = FuseConfig().updated({"compute.device": "cuda", "compute.pipeline_prior": pipelined})
+        h = Harness(FusionPipeline.from_config(config), images, config)
+        h.core.pipeline.device = torch.device("cuda")
+        assert (h.core.pipeline.prior_stream is not None) == pipelined
+        delivered = _submit_all(h, ["mono8"] * 4)
+        outputs[pipelined] = [arrays for _, arrays in delivered]
+        assert h.accounting.snapshot()["fused"] == 4
+    for a, b in zip(outputs[False], outputs[True], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert np.abs(x.astype(int) - y.astype(int)).max() <= 1
