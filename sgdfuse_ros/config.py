@@ -236,8 +236,9 @@ class DeviceConfig:
     pipeline_prior: bool = _param(
         False,
         "On CUDA, run the semantic prior of the next pair on its own stream while Stage I/II of the current one "
-        "run (same outputs, order and stamps; up to one more pair in flight). Not measured on a GPU yet; the "
-        "CPU gains nothing from it (docs/performance.md 'Pipelining').",
+        "run (same outputs, order and stamps; up to one more pair in flight, so up to one frame more latency). "
+        "Not measured on a GPU yet; leave it off on the CPU, which gains nothing (docs/performance.md "
+        "'Pipelining').",
     )
     cuda_error_exit_after: int = _param(
         3,
