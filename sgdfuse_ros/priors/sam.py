@@ -204,6 +204,11 @@ def select_segments(logits: Tensor, iou_pred: Tensor, *, pred_iou_thresh: float,
     return (iou_pred >= pred_iou_thresh) & (stab >= stability_score_thresh)
 
 
+def _upsample(merged: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, h, w] merged channels -> [B, 1, H, W] in [0, 1] (bilinear, once per frame)."""
+    return F.interpolate(merged[:, None], size=size, mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # The prior
 # --------------------------------------------------------------------------------------------
@@ -449,12 +454,21 @@ class SamPrior(SemanticPrior):
         maps = self.score_maps(thermal, visible_rgb, tuple(segments[0].shape[-2:]))
         segments = [seg.to(maps.dtype) for seg in segments]
         merged = self.merge_segments(segments, [segment_scores(seg, maps[b]) for b, seg in enumerate(segments)])
-        if self.empty_fallback:
-            for b, (seg, threshold) in enumerate(zip(segments, self.thresholds(n), strict=True)):
-                if seg.shape[0] == 0:
-                    merged[b] = soft_threshold(maps[b], threshold, self.params.softness)
-        m = F.interpolate(merged[:, None], size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+        kept = torch.tensor([seg.shape[0] for seg in segments], device=merged.device)
+        m = _upsample(self._fill_empty(merged, kept, maps), (h, w))
         return m[n:].contiguous(), m[:n].contiguous()
+
+    def _fill_empty(self, merged: Tensor, kept: Tensor, maps: Tensor) -> Tensor:
+        """``empty_fallback``: the fallback's per-pixel soft mask for each image with no kept segment.
+
+        merged, maps [2N, h, w]; kept [2N] counts. Branch-free, so no host synchronisation.
+        """
+        if not self.empty_fallback:
+            return merged
+        softness = self.params.softness
+        thresholds = self.thresholds(merged.shape[0] // 2)
+        fallback = torch.stack([soft_threshold(maps[b], thresholds[b], softness) for b in range(merged.shape[0])])
+        return torch.where((kept > 0)[:, None, None], merged, fallback)
 
     def _sync(self) -> None:
         if self.profile and self.device.type == "cuda":
@@ -522,16 +536,12 @@ class SamPrior(SemanticPrior):
             self._sync()
             times["decoder"] += tb - ta
             times["merge"] += time.perf_counter() - tb
-        if self.empty_fallback:
-            # Branch-free (no host sync): the fallback's per-pixel soft mask where nothing was kept.
-            fallback = torch.stack([soft_threshold(score_maps[b], thresholds[b], p.softness) for b in range(b_all)])
-            acc = torch.where((kept > 0)[:, None, None], acc, fallback)
+        acc = self._fill_empty(acc, kept, score_maps)
         if self.keep_segments:
             self.last_segments = [torch.cat([c[0] for c in cs])[torch.cat([c[1] for c in cs])] for cs in candidates]
 
         ts = time.perf_counter()
-        m = acc[:, None]  # [2N,1,hl,wl]
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+        m = _upsample(acc, (h, w))  # [2N,1,H,W]
         self._sync()
         times["upsample"] = time.perf_counter() - ts
         if self.profile:
